@@ -1,0 +1,57 @@
+//! Monotonic time in seconds as `f64`, read from the same clock as Python's `time.monotonic()`
+//! (`CLOCK_MONOTONIC` on Linux), so a deadline computed in Python with `loop.time() + delay`
+//! means the same instant to the engine.
+
+/// Seconds since an arbitrary fixed point, never going backwards.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, so the
+    // call cannot fail and the result is ignored.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The clock's resolution in seconds (what `time.get_clock_info('monotonic').resolution` says).
+pub fn resolution() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as above, a valid timespec for a clock that exists.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_goes_backwards() {
+        let mut last = monotonic();
+        for _ in 0..10_000 {
+            let now = monotonic();
+            assert!(now >= last);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn matches_std_instant_elapsed() {
+        let start = monotonic();
+        let instant = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let ours = monotonic() - start;
+        let std = instant.elapsed().as_secs_f64();
+        assert!((ours - std).abs() < 0.005, "{ours} vs {std}");
+    }
+
+    #[test]
+    fn resolution_is_fine() {
+        let res = resolution();
+        assert!(res > 0.0 && res <= 1e-3, "{res}");
+    }
+}

@@ -1,0 +1,11 @@
+//! The engine: clock, timer queue, ready queue and poller.
+//!
+//! Nothing here knows about Python. The loop layer (`crate::event_loop`) stores Python handles in
+//! these generic containers and maps poller tokens to its own registrations, so the engine can be
+//! tested alone with `cargo test`.
+
+pub mod clock;
+pub mod poller;
+pub mod ready;
+mod sys;
+pub mod timers;

@@ -1,0 +1,260 @@
+//! Readiness notification: which registered fds can be read or written, and a waker that
+//! another thread uses to end a wait early.
+//!
+//! The portable surface is this file; the Linux backend is `epoll.rs` and the waker `eventfd.rs`.
+//!
+//! Why our own small epoll binding rather than a crate: asyncio's `add_reader`/`add_writer` are
+//! level-triggered (a callback is called again on every iteration while the fd stays ready), which
+//! rules out mio (edge-triggered only); `polling` supports level mode but arms a timerfd and
+//! re-arms its notifier with three extra system calls on every wait, and it retries `EINTR`
+//! internally, which hides the signal that should end the wait. One `epoll_pwait2` per wait, with a
+//! nanosecond time-out, is what the loop needs.
+
+mod epoll;
+mod eventfd;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use eventfd::Waker;
+
+/// What a registration waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Interest {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Interest {
+    pub const READABLE: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    pub const WRITABLE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    pub const BOTH: Interest = Interest {
+        readable: true,
+        writable: true,
+    };
+
+    pub fn is_empty(self) -> bool {
+        !self.readable && !self.writable
+    }
+}
+
+/// One fd's readiness from one wait. An error or hang-up on the fd reports it as both readable
+/// and writable, as Python's `selectors` module does, so whichever callback is registered runs
+/// and sees the error itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub token: u64,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// The longest single wait; the stock loop caps its select time-out at one day too.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The token the waker's own fd is registered under; never reported to callers.
+const WAKER_TOKEN: u64 = u64::MAX;
+
+pub struct Poller {
+    selector: epoll::Selector,
+    waker: Arc<Waker>,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        let selector = epoll::Selector::new()?;
+        let waker = Arc::new(Waker::new()?);
+        selector.add(waker.fd(), WAKER_TOKEN, Interest::READABLE)?;
+        Ok(Poller { selector, waker })
+    }
+
+    /// A handle other threads use to wake a wait.
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Starts watching `fd` under `token`. Level-triggered.
+    pub fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.selector.add(fd, token, interest)
+    }
+
+    /// Changes what an already registered `fd` is watched for.
+    pub fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.selector.modify(fd, token, interest)
+    }
+
+    /// Stops watching `fd`.
+    pub fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        self.selector.delete(fd)
+    }
+
+    /// Waits until an fd is ready, the waker is woken, a signal arrives or `timeout` passes
+    /// (`None`: no time-out). Replaces the content of `events`. A signal ends the wait with an
+    /// `Interrupted` error, so the caller can run the Python signal handlers. The time-out is
+    /// never rounded down: a wait never returns early because of rounding.
+    pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        events.clear();
+        let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
+        let mut woken = false;
+        self.selector.wait(events, timeout)?;
+        events.retain(|e| {
+            let is_waker = e.token == WAKER_TOKEN;
+            woken |= is_waker;
+            !is_waker
+        });
+        if woken {
+            self.waker.reset();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Instant;
+
+    fn socketpair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn write_byte(fd: &OwnedFd) {
+        // SAFETY: writing one byte from a valid buffer to an open fd.
+        let n = unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn time_out_never_early() {
+        let poller = Poller::new().unwrap();
+        let mut events = vec![];
+        for micros in [100u64, 1500, 20_000] {
+            let asked = Duration::from_micros(micros);
+            let start = Instant::now();
+            poller.wait(&mut events, Some(asked)).unwrap();
+            let took = start.elapsed();
+            assert!(events.is_empty());
+            assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        }
+    }
+
+    #[test]
+    fn readable_is_level_triggered() {
+        let poller = Poller::new().unwrap();
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        write_byte(&b);
+        let mut events = vec![];
+        for _ in 0..3 {
+            poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+            assert_eq!(
+                events,
+                vec![Event {
+                    token: 7,
+                    readable: true,
+                    writable: false
+                }]
+            );
+        }
+        poller.deregister(a.as_raw_fd()).unwrap();
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn reader_and_writer_on_one_fd() {
+        let poller = Poller::new().unwrap();
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 1, Interest::WRITABLE)
+            .unwrap();
+        let mut events = vec![];
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].writable && !events[0].readable);
+        poller.reregister(a.as_raw_fd(), 1, Interest::BOTH).unwrap();
+        write_byte(&b);
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events[0].writable && events[0].readable);
+    }
+
+    #[test]
+    fn hang_up_reports_both_directions() {
+        let poller = Poller::new().unwrap();
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 3, Interest::READABLE)
+            .unwrap();
+        drop(b);
+        let mut events = vec![];
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events[0].readable && events[0].writable);
+    }
+
+    #[test]
+    fn waker_ends_an_endless_wait_from_another_thread() {
+        let poller = Poller::new().unwrap();
+        let waker = poller.waker();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake().unwrap();
+        });
+        let mut events = vec![];
+        poller.wait(&mut events, None).unwrap();
+        assert!(events.is_empty());
+        thread.join().unwrap();
+        // The wake was consumed: the next wait times out.
+        let start = Instant::now();
+        poller
+            .wait(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn wakes_coalesce() {
+        let poller = Poller::new().unwrap();
+        let waker = poller.waker();
+        for _ in 0..100 {
+            waker.wake().unwrap();
+        }
+        let mut events = vec![];
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        let start = Instant::now();
+        poller
+            .wait(&mut events, Some(Duration::from_millis(10)))
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn bad_fd_is_an_error_not_a_panic() {
+        let poller = Poller::new().unwrap();
+        let err = poller.register(-1, 1, Interest::READABLE).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        let err = poller.deregister(12345).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+}

@@ -1,0 +1,89 @@
+//! The ready queue: callbacks due to run, first in, first out.
+//!
+//! asyncio runs, in one iteration, only the callbacks that were ready when the iteration began;
+//! anything they schedule waits for the next iteration, after the next I/O poll. `begin_iteration`
+//! returns that count so the loop runs exactly that many.
+
+use std::collections::VecDeque;
+
+pub struct ReadyQueue<T> {
+    items: VecDeque<T>,
+}
+
+impl<T> Default for ReadyQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> ReadyQueue<T> {
+    pub fn new() -> Self {
+        ReadyQueue {
+            items: VecDeque::new(),
+        }
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.items.push_back(item);
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        self.items.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// How many items this iteration runs: those queued now, not those they add.
+    pub fn begin_iteration(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Removes every item, returning them in order; gives the memory back.
+    pub fn drain(&mut self) -> Vec<T> {
+        let items = std::mem::take(&mut self.items);
+        items.into()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo() {
+        let mut q = ReadyQueue::new();
+        for i in 0..5 {
+            q.push(i);
+        }
+        let got: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn iteration_counts_only_what_was_ready() {
+        let mut q = ReadyQueue::new();
+        q.push(1);
+        q.push(2);
+        let n = q.begin_iteration();
+        let mut ran = vec![];
+        for _ in 0..n {
+            let item = q.pop().unwrap_or_default();
+            ran.push(item);
+            q.push(item * 10);
+        }
+        assert_eq!(ran, vec![1, 2]);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.drain(), vec![10, 20]);
+        assert!(q.is_empty());
+    }
+}
