@@ -1,0 +1,48 @@
+"""Shared fixtures: most tests run twice, once on the stock loop and once on ferroloop, so the two
+cannot drift apart. A test that only makes sense on ferroloop uses `ferro_loop`."""
+
+import asyncio
+import gc
+
+import pytest
+
+
+def _stock_loop():
+    return asyncio.DefaultEventLoopPolicy._loop_factory()
+
+
+def _ferro_loop():
+    import ferroloop
+
+    return ferroloop.new_event_loop()
+
+
+LOOP_FACTORIES = {"asyncio": _stock_loop, "ferroloop": _ferro_loop}
+
+
+@pytest.fixture(params=sorted(LOOP_FACTORIES))
+def loop_factory(request):
+    """A callable returning a new, not-yet-current loop of the kind named by the test id."""
+    return LOOP_FACTORIES[request.param]
+
+
+@pytest.fixture
+def loop(loop_factory):
+    """A fresh loop, set as the current loop for the test, closed afterwards."""
+    lp = loop_factory()
+    asyncio.set_event_loop(lp)
+    yield lp
+    asyncio.set_event_loop(None)
+    if not lp.is_closed():
+        if not lp.is_running():
+            lp.run_until_complete(lp.shutdown_default_executor())
+        lp.close()
+    gc.collect()
+
+
+@pytest.fixture
+def ferro_loop():
+    lp = _ferro_loop()
+    yield lp
+    if not lp.is_closed():
+        lp.close()
