@@ -1,3 +1,16 @@
 //! ferroloop's extension module, `ferroloop._core`: module registration only.
 
 pub mod core;
+mod event_loop;
+mod gil_cell;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<event_loop::Handle>()?;
+    m.add_class::<event_loop::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -111,10 +111,15 @@ impl<T> TimerQueue<T> {
         }
     }
 
-    /// Keeps only the items for which `keep` returns true, in one O(n) pass.
-    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
-        let mut keep = keep;
-        self.heap.retain(|e| keep(&e.item));
+    /// Keeps only the items for which `keep` returns true, in one O(n) pass; returns the others,
+    /// so the caller decides when they are dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .partition(|e| keep(&e.item));
+        self.heap = BinaryHeap::from(kept);
+        removed.into_iter().map(|e| e.item).collect()
     }
 
     /// Removes every item, returning them (in no particular order).
@@ -182,7 +187,9 @@ mod tests {
         for i in 0..100u32 {
             q.push(f64::from(100 - i), i);
         }
-        q.retain(|i| i % 2 == 0);
+        let mut removed = q.retain(|i| i % 2 == 0);
+        removed.sort();
+        assert_eq!(removed, (0..100).filter(|i| i % 2 == 1).collect::<Vec<_>>());
         assert_eq!(q.len(), 50);
         let order = drain_due(&mut q, 1000.0);
         let mut expected: Vec<u32> = (0..100).filter(|i| i % 2 == 0).collect();

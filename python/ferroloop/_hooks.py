@@ -1,0 +1,50 @@
+"""Helpers the Rust loop calls on its cold paths: debug checks, reprs, log lines.
+
+They live in Python so that their text is the stock loop's, built by the same
+`asyncio.format_helpers` functions the stock loop uses.
+"""
+
+import sys
+from asyncio import coroutines, format_helpers, tasks
+from asyncio.log import logger
+
+from ferroloop._core import TimerHandle
+
+
+def extract_stack():
+    """The stack of the code that called into the loop, for `_source_traceback` in debug mode."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def format_callback_source(callback, args):
+    return format_helpers._format_callback_source(callback, args)
+
+
+def check_callback(callback, method):
+    """Debug mode's refusal of coroutines and non-callables, with the stock messages."""
+    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
+def handle_repr(handle):
+    info = [type(handle).__name__]
+    if handle._cancelled:
+        info.append("cancelled")
+    if isinstance(handle, TimerHandle):
+        info.append(f"when={handle._when}")
+    callback = handle._callback
+    if callback is not None:
+        info.append(format_callback_source(callback, handle._args))
+    source = handle._source_traceback
+    if source:
+        frame = source[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def log_slow_callback(handle, seconds):
+    owner = getattr(handle._callback, "__self__", None)
+    what = repr(owner) if isinstance(owner, tasks.Task) else str(handle)
+    logger.warning("Executing %s took %.3f seconds", what, seconds)

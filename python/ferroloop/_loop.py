@@ -1,0 +1,410 @@
+"""`ferroloop.Loop`: the asyncio event loop whose core is in Rust.
+
+`_core.LoopCore` (Rust) holds what is hot: the ready queue, the timer heap, the poller, handles,
+`call_soon`/`call_later`/`call_at`/`call_soon_threadsafe` and the iteration itself. This class adds
+the parts that are not on a hot path, with the stock loop's semantics and messages: running until a
+future completes, tasks and futures, executors, async generator hooks, the exception handler, and
+the debug switches. Methods that need sockets, pipes, subprocesses or signals are not implemented
+yet and say so.
+"""
+
+import concurrent.futures
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from asyncio import constants, coroutines, events, futures, tasks
+from asyncio.log import logger
+
+from ferroloop import _core
+
+__all__ = ("Loop",)
+
+
+def _stop_when_done(fut):
+    """Done callback of `run_until_complete`'s future: stops its loop, unless the future failed
+    with KeyboardInterrupt or SystemExit, which propagate out of `run_forever` by themselves."""
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return
+    futures._get_loop(fut).stop()
+
+
+def _fileobj_to_fd(fileobj):
+    """An fd from an int or an object with `fileno()`, with the `selectors` module's errors."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _not_implemented(name, area):
+    def method(self, *args, **kwargs):
+        raise NotImplementedError(f"ferroloop does not implement {name}() yet ({area})")
+
+    method.__name__ = name
+    method.__qualname__ = f"Loop.{name}"
+    return method
+
+
+class Loop(_core.LoopCore, events.AbstractEventLoop):
+    """An asyncio event loop implemented in Rust; use it like the stock loop."""
+
+    def __init__(self):
+        self._default_executor = None
+        self._executor_shutdown_called = False
+        self._exception_handler = None
+        self._task_factory = None
+        self._current_handle = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._asyncgens = __import__("weakref").WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn=warnings.warn):
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _check_closed(self):
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def _check_running(self):
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self):
+        """Runs until `stop()` is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        old_wakeup_fd = self._install_signal_wakeup()
+        try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run()
+        finally:
+            events._set_running_loop(None)
+            self._restore_signal_wakeup(old_wakeup_fd)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _install_signal_wakeup(self):
+        """Points `signal.set_wakeup_fd` at the loop's wake-up socket, so a signal (Ctrl-C) ends a
+        wait at once. Only the main thread can do this; elsewhere signals are not delivered to
+        Python code anyway. Returns the previous fd, to restore, or None."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            return signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
+        except ValueError:
+            return None
+
+    def _restore_signal_wakeup(self, old_fd):
+        if old_fd is None:
+            return
+        try:
+            signal.set_wakeup_fd(old_fd)
+        except ValueError:
+            pass
+
+    def run_until_complete(self, future):
+        """Runs until `future` (a future, task, coroutine or awaitable) is done; returns its
+        result or raises its exception."""
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # The caller cannot see the task, so it cannot retrieve its exception either.
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                # Mark the exception retrieved: it propagates from here.
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_stop_when_done)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self):
+        """Closes the loop: drops pending callbacks and shuts the default executor down without
+        waiting. The loop must not be running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        self._close()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    # -- debug -----------------------------------------------------------------------------
+
+    def set_debug(self, enabled):
+        self._set_debug(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled):
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    # -- futures and tasks -----------------------------------------------------------------
+
+    def create_future(self):
+        return futures.Future(loop=self)
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Wraps a coroutine in a task (CPython's C `asyncio.Task`, or the task factory's)."""
+        self._check_closed()
+        if self._task_factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+            return task
+        if context is None:
+            task = self._task_factory(self, coro, **kwargs)
+        else:
+            task = self._task_factory(self, coro, context=context, **kwargs)
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory):
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self):
+        return self._task_factory
+
+    # -- async generators ------------------------------------------------------------------
+
+    def _asyncgen_firstiter_hook(self, agen):
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen):
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self):
+        """Closes every async generator still suspended."""
+        self._asyncgens_shutdown_called = True
+        if not self._asyncgens:
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- executors -------------------------------------------------------------------------
+
+    def run_in_executor(self, executor, func, *args):
+        self._check_closed()
+        if self.get_debug():
+            from ferroloop import _hooks
+
+            _hooks.check_callback(func, "run_in_executor")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor):
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout=None):
+        """Waits for the default executor's threads to finish (at most `timeout` seconds, if
+        given, after which a RuntimeWarning says the threads were left running)."""
+        self._executor_shutdown_called = True
+        if self._default_executor is None:
+            return
+        future = self.create_future()
+        thread = threading.Thread(target=self._do_shutdown, args=(future,))
+        thread.start()
+        try:
+            await future
+        finally:
+            thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._default_executor.shutdown(wait=False)
+
+    def _do_shutdown(self, future):
+        try:
+            self._default_executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(future.set_result, None)
+        except Exception as ex:
+            if not self.is_closed():
+                self.call_soon_threadsafe(future.set_exception, ex)
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def get_exception_handler(self):
+        return self._exception_handler
+
+    def set_exception_handler(self, handler):
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context):
+        """Logs the context on the `asyncio` logger, as the stock loop does."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info = (type(exception), exception, exception.__traceback__) if exception is not None else False
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in {"message", "exception"}:
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                value = "Object created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            elif key == "handle_traceback":
+                value = "Handle created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context):
+        """Passes `context` to the exception handler set, or to the default one."""
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            self._exception_handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {"message": "Unhandled error in exception handler", "exception": exc, "context": context}
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an unexpected error "
+                    "in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def add_reader(self, fd, callback, *args):
+        """Calls `callback(*args)` on every iteration while `fd` is readable."""
+        self._check_closed()
+        self._add_reader(_fileobj_to_fd(fd), callback, args)
+
+    def remove_reader(self, fd):
+        if self.is_closed():
+            return False
+        return self._remove_reader(_fileobj_to_fd(fd))
+
+    def add_writer(self, fd, callback, *args):
+        """Calls `callback(*args)` on every iteration while `fd` is writable."""
+        self._check_closed()
+        self._add_writer(_fileobj_to_fd(fd), callback, args)
+
+    def remove_writer(self, fd):
+        if self.is_closed():
+            return False
+        return self._remove_writer(_fileobj_to_fd(fd))
+
+    # -- not implemented yet ---------------------------------------------------------------
+
+    for _name in (
+        "create_connection", "create_server", "create_unix_connection", "create_unix_server",
+        "create_datagram_endpoint", "connect_accepted_socket", "sendfile", "start_tls",
+        "sock_recv", "sock_recv_into", "sock_recvfrom", "sock_recvfrom_into", "sock_sendall",
+        "sock_sendto", "sock_connect", "sock_accept", "sock_sendfile", "getaddrinfo", "getnameinfo",
+    ):
+        locals()[_name] = _not_implemented(_name, "sockets come with issue 3")
+    for _name in ("connect_read_pipe", "connect_write_pipe"):
+        locals()[_name] = _not_implemented(_name, "pipes")
+    for _name in ("subprocess_exec", "subprocess_shell"):
+        locals()[_name] = _not_implemented(_name, "subprocesses")
+    for _name in ("add_signal_handler", "remove_signal_handler"):
+        locals()[_name] = _not_implemented(_name, "signal handlers")
+    del _name
+
+

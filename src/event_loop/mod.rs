@@ -1,0 +1,502 @@
+//! The Python-facing loop core, `ferroloop._core.LoopCore`: scheduling (`call_soon`,
+//! `call_later`, `call_at`, `call_soon_threadsafe`), the run loop (`run.rs`), readers and
+//! writers (`io.rs`) and closing. `ferroloop.Loop` (Python) subclasses it and adds what is not on
+//! a hot path: `run_until_complete`, tasks, executors, the exception handler.
+//!
+//! All mutable state sits in one `GilCell<LoopState>`; see `gil_cell.rs` for the borrow rules.
+//! Python objects removed from the state are dropped only after the borrow ends, because dropping
+//! one can run arbitrary `__del__` code that calls back into the loop.
+
+mod handle;
+mod hooks;
+mod io;
+mod run;
+mod shared;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
+use pyo3::PyTraverseError;
+
+use handle::NewHandle;
+pub use handle::{Handle, TimerHandle};
+use io::IoRegistry;
+use shared::LoopShared;
+
+use crate::core::clock;
+use crate::core::poller::{Event, Interest, Poller, Waker};
+use crate::core::ready::ReadyQueue;
+use crate::core::timers::TimerQueue;
+use crate::gil_cell::GilCell;
+
+/// The poller token of the signal wake-up socket (the waker's is `u64::MAX`).
+const SIGNAL_TOKEN: u64 = u64::MAX - 1;
+
+pub struct LoopState {
+    ready: ReadyQueue<Py<Handle>>,
+    timers: TimerQueue<Py<Handle>>,
+    io: IoRegistry,
+    events: Vec<Event>,
+    /// `None` once the loop is closed.
+    poller: Option<Arc<Poller>>,
+    /// The socket pair whose write end is given to `signal.set_wakeup_fd` while running.
+    signal_pair: Option<(OwnedFd, OwnedFd)>,
+    stopping: bool,
+    /// The running thread's id (`threading.get_ident()`), `Some` while running.
+    thread_id: Option<u64>,
+    slow_callback_duration: f64,
+}
+
+#[pyclass(module = "ferroloop._core", subclass, frozen, weakref)]
+pub struct LoopCore {
+    state: GilCell<LoopState>,
+    shared: Arc<LoopShared>,
+    waker: Arc<Waker>,
+}
+
+pub fn current_thread_id() -> u64 {
+    // SAFETY: pthread_self has no preconditions; CPython's threading.get_ident() returns the same
+    // value on Linux.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+fn os_error(err: std::io::Error) -> PyErr {
+    PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+fn nonblocking_socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socketpair succeeded: two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Seconds as an `f64` from an int or float; anything else is added to `base` with Python's `+`
+/// so the error (or result) is exactly the stock loop's `self.time() + delay`.
+fn add_seconds(base: f64, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if let Ok(f) = delay.cast::<PyFloat>() {
+        return Ok(base + f.value());
+    }
+    if delay.is_instance_of::<PyInt>() {
+        if let Ok(i) = delay.extract::<i64>() {
+            return Ok(base + i as f64);
+        }
+    }
+    PyFloat::new(delay.py(), base).add(delay)?.extract()
+}
+
+impl LoopCore {
+    fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).poller.is_none() {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// Debug mode only: the stock loop's checks on the calling thread and the callback.
+    fn debug_checks(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
+        if !self.shared.debug() {
+            return Ok(());
+        }
+        if check_thread {
+            self.check_thread(py)?;
+        }
+        hooks::call(py, "check_callback", (callback, method))?;
+        Ok(())
+    }
+
+    fn check_thread(&self, py: Python<'_>) -> PyResult<()> {
+        match self.state.borrow(py).thread_id {
+            Some(id) if id != current_thread_id() => Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn new_handle<'py>(
+        &'py self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+        when: Option<f64>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        NewHandle {
+            callback,
+            args,
+            context,
+            when,
+            shared: &self.shared,
+        }
+        .create(py)
+    }
+
+    fn schedule_ready(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push(handle.clone().unbind());
+    }
+
+    fn schedule_timer<'py>(
+        &'py self,
+        py: Python<'py>,
+        when: f64,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let handle = self.new_handle(py, callback, args, context, Some(when))?;
+        self.state
+            .borrow_mut(py)
+            .timers
+            .push(when, handle.clone().unbind());
+        Ok(handle)
+    }
+
+    /// Registers `callback(*args)` as the reader (or writer) of `fd`, replacing any previous one,
+    /// which is cancelled.
+    fn add_io(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        writer: bool,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.check_closed(py)?;
+        let handle = self.new_handle(py, callback, args, None, None)?;
+        let replaced = {
+            let mut st = self.state.borrow_mut(py);
+            let poller = st.poller.clone().ok_or_else(closed_error)?;
+            let existed = st.io.get(fd).is_some();
+            let entry = st.io.insert(fd);
+            let replaced = entry.slot(writer).replace(handle.unbind());
+            let interest = entry.interest();
+            let result = if existed {
+                poller.reregister(fd, fd as u64, interest)
+            } else {
+                poller.register(fd, fd as u64, interest)
+            };
+            if let Err(err) = result {
+                let failed = if existed {
+                    st.io.get_mut(fd).and_then(|e| e.slot(writer).take())
+                } else {
+                    st.io.remove(fd).and_then(|mut e| e.slot(writer).take())
+                };
+                drop(st);
+                drop(failed);
+                drop(replaced);
+                return Err(os_error(err));
+            }
+            replaced
+        };
+        if let Some(old) = replaced {
+            Handle::do_cancel(old.bind(py))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the reader (or writer) of `fd`; true if there was one.
+    fn remove_io(&self, py: Python<'_>, fd: RawFd, writer: bool) -> PyResult<bool> {
+        let removed = {
+            let mut st = self.state.borrow_mut(py);
+            let Some(poller) = st.poller.clone() else {
+                return Ok(false);
+            };
+            let Some(entry) = st.io.get_mut(fd) else {
+                return Ok(false);
+            };
+            let removed = entry.slot(writer).take();
+            let interest = entry.interest();
+            if interest.is_empty() {
+                st.io.remove(fd);
+                // The fd may have been closed already, which removed it from epoll.
+                let _ = poller.deregister(fd);
+            } else if let Err(err) = poller.reregister(fd, fd as u64, interest) {
+                drop(st);
+                drop(removed);
+                return Err(os_error(err));
+            }
+            removed
+        };
+        match removed {
+            Some(handle) => {
+                Handle::do_cancel(handle.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(os_error)?;
+        let signal_pair = nonblocking_socketpair().map_err(os_error)?;
+        poller
+            .register(signal_pair.0.as_raw_fd(), SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(os_error)?;
+        let shared = Arc::new(LoopShared::default());
+        Ok(LoopCore {
+            waker: poller.waker(),
+            state: GilCell::new(LoopState {
+                ready: ReadyQueue::new(),
+                timers: TimerQueue::new(),
+                io: IoRegistry::default(),
+                events: Vec::new(),
+                poller: Some(Arc::new(poller)),
+                signal_pair: Some(signal_pair),
+                stopping: false,
+                thread_id: None,
+                slow_callback_duration: 0.1,
+            }),
+            shared,
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        &'py self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed(py)?;
+        self.debug_checks(py, &callback, "call_soon", true)?;
+        let handle = self.new_handle(py, callback, args, context, None)?;
+        self.schedule_ready(py, &handle);
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe<'py>(
+        &'py self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed(py)?;
+        self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
+        let handle = self.new_handle(py, callback, args, context, None)?;
+        self.schedule_ready(py, &handle);
+        self.waker.wake().map_err(os_error)?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        &'py self,
+        py: Python<'py>,
+        delay: Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = add_seconds(clock::monotonic(), &delay)?;
+        self.check_closed(py)?;
+        // The stock call_later delegates to call_at, whose name its debug errors carry.
+        self.debug_checks(py, &callback, "call_at", true)?;
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        &'py self,
+        py: Python<'py>,
+        when: Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = add_seconds(0.0, &when)?;
+        self.check_closed(py)?;
+        self.debug_checks(py, &callback, "call_at", true)?;
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    /// Stops the loop after the current iteration.
+    fn stop(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).stopping = true;
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).thread_id.is_some()
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).poller.is_none()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.shared.debug()
+    }
+
+    fn _set_debug(&self, enabled: bool) {
+        self.shared.set_debug(enabled);
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.state.borrow(py).slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.state.borrow_mut(py).slow_callback_duration = value;
+    }
+
+    /// In debug mode, refuses a call from a thread other than the running loop's.
+    fn _check_thread(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_thread(py)
+    }
+
+    /// Runs iterations until `stop()`; the Python `run_forever` wraps it.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        run::run_forever(slf)
+    }
+
+    /// The fd to give `signal.set_wakeup_fd` while running, or -1 once closed.
+    fn _signal_wakeup_fd(&self, py: Python<'_>) -> RawFd {
+        self.state
+            .borrow(py)
+            .signal_pair
+            .as_ref()
+            .map_or(-1, |(_, w)| w.as_raw_fd())
+    }
+
+    /// Drops every pending callback, timer and registration and closes the poller.
+    fn _close(&self, py: Python<'_>) {
+        let garbage = {
+            let mut st = self.state.borrow_mut(py);
+            st.poller = None;
+            st.signal_pair = None;
+            let mut garbage = st.ready.drain();
+            garbage.extend(st.timers.drain());
+            for (_, entry) in st.io.drain() {
+                garbage.extend(entry.reader);
+                garbage.extend(entry.writer);
+            }
+            garbage
+        };
+        self.shared.reset_cancelled();
+        for handle in &garbage {
+            handle.get().unschedule();
+        }
+        drop(garbage);
+    }
+
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_io(py, fd, false, callback, args)
+    }
+
+    fn _add_writer(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_io(py, fd, true, callback, args)
+    }
+
+    fn _remove_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
+        self.remove_io(py, fd, false)
+    }
+
+    fn _remove_writer(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
+        self.remove_io(py, fd, true)
+    }
+
+    /// Counts for tests and introspection: ready callbacks, timers in the heap (cancelled ones
+    /// included), cancelled timers in the heap, registered fds.
+    fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize, usize, usize) {
+        let st = self.state.borrow(py);
+        (
+            st.ready.len(),
+            st.timers.len(),
+            self.shared.cancelled_timers(),
+            st.io.len(),
+        )
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_in_gc() {
+            for h in st
+                .ready
+                .iter()
+                .chain(st.timers.iter())
+                .chain(st.io.handles())
+            {
+                visit.call(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let garbage = {
+                let mut st = self.state.borrow_mut(py);
+                let mut garbage = st.ready.drain();
+                garbage.extend(st.timers.drain());
+                for (fd, entry) in st.io.drain() {
+                    if let Some(poller) = &st.poller {
+                        let _ = poller.deregister(fd);
+                    }
+                    garbage.extend(entry.reader);
+                    garbage.extend(entry.writer);
+                }
+                garbage
+            };
+            drop(garbage);
+        });
+    }
+}

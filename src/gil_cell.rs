@@ -1,0 +1,46 @@
+//! `GilCell`: mutable state inside a frozen `#[pyclass]`, guarded by the GIL.
+//!
+//! PyO3 requires pyclasses to be `Sync`, because Python may hand the object to any thread. The
+//! loop's state is touched from the loop's thread and, for `call_soon_threadsafe`, from others;
+//! but always with the GIL held, which is what a `Python<'_>` token proves. So a `RefCell` behind
+//! the token is enough: the GIL excludes other threads, and the `RefCell` flag turns re-entrancy
+//! (a Python callback calling back into the loop while a borrow is live) into an error instead
+//! of aliasing.
+//!
+//! The rules that keep this sound, which every user of a `GilCell` follows:
+//! - never keep a borrow across a call into Python code (that code may re-enter), and
+//! - never keep a borrow across `Python::detach` (another thread may then take the GIL).
+//!
+//! Not for free-threaded ("no-GIL") Python builds, which ferroloop does not support.
+
+use std::cell::{Ref, RefCell, RefMut};
+
+use pyo3::Python;
+
+pub struct GilCell<T>(RefCell<T>);
+
+// SAFETY: the inner RefCell is reached only through methods that take a `Python` token (the GIL
+// is held) or from the garbage collector's traverse slot (which runs with the GIL held), so no
+// two threads touch it at once; see the module doc for the rules on borrows.
+unsafe impl<T: Send> Sync for GilCell<T> {}
+
+impl<T> GilCell<T> {
+    pub fn new(value: T) -> Self {
+        GilCell(RefCell::new(value))
+    }
+
+    /// Borrows mutably; panics if a borrow is live, which the module rules exclude.
+    pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> RefMut<'a, T> {
+        self.0.borrow_mut()
+    }
+
+    pub fn borrow<'a>(&'a self, _py: Python<'_>) -> Ref<'a, T> {
+        self.0.borrow()
+    }
+
+    /// For `__traverse__`, which gets no `Python` token but runs with the GIL held. Returns
+    /// `None` while a borrow is live; reporting fewer references only keeps objects alive longer.
+    pub fn try_borrow_in_gc(&self) -> Option<Ref<'_, T>> {
+        self.0.try_borrow().ok()
+    }
+}
