@@ -63,8 +63,14 @@ pub fn current_thread_id() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
+/// The `OSError` (its errno subclass, e.g. `PermissionError`) Python itself would raise: the
+/// errno and the bare `strerror` text, without Rust's " (os error N)" suffix.
 fn os_error(err: std::io::Error) -> PyErr {
-    PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
+    let errno = err.raw_os_error().unwrap_or(0);
+    let text = err.to_string();
+    let suffix = format!(" (os error {errno})");
+    let message = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+    PyOSError::new_err((errno, message))
 }
 
 fn closed_error() -> PyErr {
