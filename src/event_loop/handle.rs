@@ -8,9 +8,13 @@
 //!
 //! `cancel()` drops the callback and its arguments at once, so a cancelled timer waiting in the
 //! heap holds no references; a cancelled timer tells the loop through `LoopShared`, which counts
-//! them to decide when to compact the heap. In debug mode the handle keeps its repr from before
-//! the cancel and the stack where it was created (`_source_traceback`).
+//! them to decide when to compact the heap. A handle created in debug mode keeps the stack where
+//! it was created (`_source_traceback`) and, once cancelled, its repr from before the cancel.
+//!
+//! Handles are kept small (a million may be queued): no borrow flag, no weak-reference slot,
+//! debug-only data out of line, and only timers hold the `LoopShared` pointer.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -30,22 +34,61 @@ struct Callback {
     args: Py<PyTuple>,
 }
 
-struct HandleState {
-    callback: Option<Callback>,
-    repr: Option<Py<PyAny>>,
+/// What only debug mode records, kept out of line so a handle stays small.
+struct DebugInfo {
+    source_traceback: Py<PyAny>,
+    /// The repr taken at `cancel()`, which then drops the callback.
+    repr: GilCell<Option<Py<PyAny>>>,
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass, weakref)]
+/// The callback and its arguments, until `cancel()` drops them.
+///
+/// An `UnsafeCell` rather than a `GilCell`, to save the borrow flag on a million queued
+/// handles: its only accesses are `get` (two increfs, which run no Python code), `take` (moves
+/// out; the caller drops the result after) and the collector's read in `traverse_contents`.
+struct CallbackSlot(UnsafeCell<Option<Callback>>);
+
+// SAFETY: the slot is read and written only with the GIL held (every method takes a `Python`
+// token, and traverse runs under the GIL), and no access runs Python code while it holds a
+// reference into the cell, so accesses never overlap.
+unsafe impl Sync for CallbackSlot {}
+
+impl CallbackSlot {
+    fn get(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        // SAFETY: see the Sync impl: the shared reference lives only across two increfs.
+        let slot = unsafe { &*self.0.get() };
+        slot.as_ref()
+            .map(|cb| (cb.callback.clone_ref(py), cb.args.clone_ref(py)))
+    }
+
+    fn take(&self, _py: Python<'_>) -> Option<Callback> {
+        // SAFETY: see the Sync impl: no other reference into the cell is live.
+        unsafe { (*self.0.get()).take() }
+    }
+
+    fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the collector runs with the GIL held and outside any access to the slot
+        // (accesses run no Python code, so no collection can start during one).
+        if let Some(cb) = unsafe { &*self.0.get() } {
+            visit.call(&cb.callback)?;
+            visit.call(&cb.args)?;
+        }
+        Ok(())
+    }
+}
+
+#[pyclass(module = "ferroloop", frozen, subclass)]
 pub struct Handle {
-    state: GilCell<HandleState>,
+    callback: CallbackSlot,
     context: Py<PyAny>,
-    cancelled: AtomicBool,
     /// The deadline, for timers; NaN for plain handles.
     when: f64,
+    debug: Option<Box<DebugInfo>>,
+    /// Timers only: where a cancelled timer is counted, for heap compaction.
+    shared: Option<Arc<LoopShared>>,
+    cancelled: AtomicBool,
     /// True while a timer sits in the loop's heap.
     scheduled: AtomicBool,
-    source_traceback: Option<Py<PyAny>>,
-    shared: Arc<LoopShared>,
 }
 
 /// A handle scheduled for a time; `when()` gives it.
@@ -72,30 +115,33 @@ impl<'py> NewHandle<'py> {
             Some(ctx) if !ctx.is_none() => ctx.unbind(),
             _ => copy_current_context(py)?,
         };
-        let source_traceback = if self.shared.debug() {
-            Some(hooks::call(py, "extract_stack", ())?.unbind())
+        let debug = if self.shared.debug() {
+            Some(Box::new(DebugInfo {
+                source_traceback: hooks::call(py, "extract_stack", ())?.unbind(),
+                repr: GilCell::new(None),
+            }))
         } else {
             None
         };
         Ok(Handle {
-            state: GilCell::new(HandleState {
-                callback: Some(Callback {
-                    callback: self.callback.unbind(),
-                    args: self.args.unbind(),
-                }),
-                repr: None,
-            }),
+            callback: CallbackSlot(UnsafeCell::new(Some(Callback {
+                callback: self.callback.unbind(),
+                args: self.args.unbind(),
+            }))),
             context,
-            cancelled: AtomicBool::new(false),
             when: self.when.unwrap_or(f64::NAN),
+            debug,
+            shared: self.when.map(|_| Arc::clone(self.shared)),
+            cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(self.when.is_some()),
-            source_traceback,
-            shared: Arc::clone(self.shared),
         })
     }
 
     /// A `Handle`, or a `TimerHandle` when `when` is set.
-    pub fn create(self, py: Python<'py>) -> PyResult<Bound<'py, Handle>> {
+    ///
+    /// With `queued_only`, the handle is taken out of the garbage collector's tracking while the
+    /// loop's queue holds it (see `Handle::leave_queue`).
+    pub fn create(self, py: Python<'py>, queued_only: bool) -> PyResult<Bound<'py, Handle>> {
         let is_timer = self.when.is_some();
         let handle = self.into_handle(py)?;
         let handle = if is_timer {
@@ -107,16 +153,30 @@ impl<'py> NewHandle<'py> {
         } else {
             Bound::new(py, handle)?
         };
-        // SAFETY: a live object of a GC type (PyO3 gives every pyclass Py_TPFLAGS_HAVE_GC), just
-        // created and so tracked; untracking is undone by nothing and is safe to repeat, and the
-        // type's dealloc calls PyObject_GC_UnTrack, which accepts an untracked object. See
-        // `traverse_contents` for why handles stay out of the collector.
-        unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
+        if queued_only {
+            // SAFETY: a live object of a GC type (PyO3 gives every pyclass Py_TPFLAGS_HAVE_GC),
+            // just created and tracked; the type's dealloc calls PyObject_GC_UnTrack, which
+            // accepts an untracked object.
+            unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
+        }
         Ok(handle)
     }
 }
 
 impl Handle {
+    /// Called when the loop's queue lets go of `slf`: a handle created untracked is tracked
+    /// again if anything else still references it.
+    pub fn leave_queue(slf: &Bound<'_, Handle>) {
+        let ptr = slf.as_ptr();
+        // SAFETY: `ptr` is a live object (the Bound holds a reference) of a GC type; tracking it
+        // only when it is untracked is what PyObject_GC_Track requires.
+        unsafe {
+            if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+                ffi::PyObject_GC_Track(ptr.cast());
+            }
+        }
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
@@ -137,9 +197,8 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (callback, args) = match &this.state.borrow(py).callback {
-            Some(cb) => (cb.callback.clone_ref(py), cb.args.clone_ref(py)),
-            None => return Ok(()),
+        let Some((callback, args)) = this.callback.get(py) else {
+            return Ok(());
         };
         let ctx = this.context.as_ptr();
         // SAFETY: the GIL is held; `ctx` is a live Context (checked by PyContext_Enter, which sets
@@ -174,8 +233,8 @@ impl Handle {
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.value(py))?;
         context.set_item("handle", slf)?;
-        if let Some(tb) = &this.source_traceback {
-            context.set_item("source_traceback", tb)?;
+        if let Some(debug) = &this.debug {
+            context.set_item("source_traceback", &debug.source_traceback)?;
         }
         event_loop.call_method1("call_exception_handler", (context,))?;
         Ok(())
@@ -187,16 +246,16 @@ impl Handle {
         if this.cancelled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        if this.scheduled.load(Ordering::Relaxed) {
-            this.shared.timer_cancelled();
+        if let (true, Some(shared)) = (this.scheduled.load(Ordering::Relaxed), &this.shared) {
+            shared.timer_cancelled();
         }
-        if this.shared.debug() {
+        if let Some(debug) = &this.debug {
             let repr = hooks::call(py, "handle_repr", (slf,))?.unbind();
-            this.state.borrow_mut(py).repr = Some(repr);
+            let old = debug.repr.borrow_mut(py).replace(repr);
+            drop(old);
         }
-        // Dropped after the borrow ends: releasing the callback may run arbitrary `__del__` code.
-        let released = this.state.borrow_mut(py).callback.take();
-        drop(released);
+        // Dropped here, outside any borrow: releasing the callback may run arbitrary `__del__`.
+        drop(this.callback.take(py));
         Ok(())
     }
 }
@@ -217,20 +276,12 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow(py)
-            .callback
-            .as_ref()
-            .map(|cb| cb.callback.clone_ref(py))
+        self.callback.get(py).map(|(callback, _)| callback)
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow(py)
-            .callback
-            .as_ref()
-            .map(|cb| cb.args.clone_ref(py).into_any())
+        self.callback.get(py).map(|(_, args)| args.into_any())
     }
 
     #[getter]
@@ -245,36 +296,47 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.debug
+            .as_ref()
+            .map(|d| d.source_traceback.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse_contents(&visit)
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| drop(self.callback.take(py)));
     }
 
     fn __repr__(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(repr) = &slf.get().state.borrow(py).repr {
-            return Ok(repr.clone_ref(py));
+        if let Some(debug) = &slf.get().debug {
+            if let Some(repr) = &*debug.repr.borrow(py) {
+                return Ok(repr.clone_ref(py));
+            }
         }
         Ok(hooks::call(py, "handle_repr", (slf,))?.unbind())
     }
 }
 
 impl Handle {
-    /// Reports the references this handle holds, on behalf of the loop that queues it.
+    /// Reports the references this handle holds.
     ///
-    /// Handles are not tracked by the garbage collector themselves: a million queued callbacks
-    /// would make every full collection walk a million objects (the stock loop spends over half
-    /// of a `call_soon` burst in the collector). Instead the loop's `__traverse__` reports what
-    /// its queued handles hold, so a cycle running through a pending callback back to the loop is
-    /// still found and broken by the loop's `__clear__`. The collector only ever calls
-    /// `tp_clear`, never frees, so a reference counted twice (a handle queued twice) can at worst
-    /// clear an object early, not free it while in use.
+    /// A handle made by `call_soon`/`call_later`/`call_at` starts untracked by the garbage
+    /// collector: a million queued callbacks would otherwise make every full collection walk a
+    /// million objects (the stock loop spends more than half of a `call_soon` burst in the
+    /// collector). While such a handle is queued, the loop's `__traverse__` reports its contents
+    /// on its behalf, so a cycle through a pending callback back to the loop is still found; when
+    /// it leaves the queue and someone else still holds it, `leave_queue` tracks it again, so
+    /// from then on it is an ordinary tracked object.
     pub fn traverse_contents(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.context)?;
-        visit.call(&self.source_traceback)?;
-        if let Some(state) = self.state.try_borrow_in_gc() {
-            if let Some(cb) = &state.callback {
-                visit.call(&cb.callback)?;
-                visit.call(&cb.args)?;
+        self.callback.visit(visit)?;
+        if let Some(debug) = &self.debug {
+            visit.call(&debug.source_traceback)?;
+            if let Some(repr) = debug.repr.try_borrow_in_gc() {
+                visit.call(&*repr)?;
             }
-            visit.call(&state.repr)?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use io::IoRegistry;
 use shared::LoopShared;
 
 use crate::core::clock;
-use crate::core::poller::{Event, Interest, Poller, Waker};
+use crate::core::poller::{Event, Interest, Poller};
 use crate::core::ready::ReadyQueue;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
@@ -54,7 +54,6 @@ pub struct LoopState {
 pub struct LoopCore {
     state: GilCell<LoopState>,
     shared: Arc<LoopShared>,
-    waker: Arc<Waker>,
 }
 
 pub fn current_thread_id() -> u64 {
@@ -151,6 +150,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
         when: Option<f64>,
+        queued_only: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         NewHandle {
             callback,
@@ -159,7 +159,7 @@ impl LoopCore {
             when,
             shared: &self.shared,
         }
-        .create(py)
+        .create(py, queued_only)
     }
 
     fn schedule_ready(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
@@ -177,7 +177,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let handle = self.new_handle(py, callback, args, context, Some(when))?;
+        let handle = self.new_handle(py, callback, args, context, Some(when), true)?;
         self.state
             .borrow_mut(py)
             .timers
@@ -196,7 +196,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         self.check_closed(py)?;
-        let handle = self.new_handle(py, callback, args, None, None)?;
+        let handle = self.new_handle(py, callback, args, None, None, false)?;
         let replaced = {
             let mut st = self.state.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
@@ -273,7 +273,6 @@ impl LoopCore {
             .map_err(os_error)?;
         let shared = Arc::new(LoopShared::default());
         Ok(LoopCore {
-            waker: poller.waker(),
             state: GilCell::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers: TimerQueue::new(),
@@ -304,7 +303,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_soon", true)?;
-        let handle = self.new_handle(py, callback, args, context, None)?;
+        let handle = self.new_handle(py, callback, args, context, None, true)?;
         self.schedule_ready(py, &handle);
         Ok(handle)
     }
@@ -319,9 +318,11 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
-        let handle = self.new_handle(py, callback, args, context, None)?;
+        let handle = self.new_handle(py, callback, args, context, None, true)?;
         self.schedule_ready(py, &handle);
-        self.waker.wake().map_err(os_error)?;
+        if let Some(poller) = &self.state.borrow(py).poller {
+            poller.wake().map_err(os_error)?;
+        }
         Ok(handle)
     }
 
@@ -427,10 +428,10 @@ impl LoopCore {
             garbage
         };
         self.shared.reset_cancelled();
-        for handle in &garbage {
+        for handle in garbage {
             handle.get().unschedule();
+            Handle::leave_queue(handle.bind(py));
         }
-        drop(garbage);
     }
 
     fn _add_reader(
@@ -481,7 +482,13 @@ impl LoopCore {
                 .chain(st.timers.iter())
                 .chain(st.io.handles())
             {
-                visit.call(h)?;
+                // SAFETY: `h` is a live object; the query has no other precondition.
+                if unsafe { pyo3::ffi::PyObject_GC_IsTracked(h.as_ptr()) } != 0 {
+                    visit.call(h)?;
+                } else {
+                    // Reported on its behalf: see `Handle::traverse_contents`.
+                    h.get().traverse_contents(&visit)?;
+                }
             }
         }
         Ok(())

@@ -175,7 +175,9 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let poller = st.poller.clone();
         let events = std::mem::take(&mut st.events);
         drop(st);
-        drop(garbage);
+        for handle in garbage {
+            Handle::leave_queue(handle.bind(py));
+        }
         (plan, poller, events)
     };
 
@@ -215,14 +217,15 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             break;
         };
         let handle = handle.into_bound(py);
-        if handle.get().is_cancelled() {
-            continue;
-        }
-        if this.shared.debug() {
-            run_timed(slf, &handle)?;
+        let result = if handle.get().is_cancelled() {
+            Ok(())
+        } else if this.shared.debug() {
+            run_timed(slf, &handle)
         } else {
-            Handle::run(&handle, event_loop)?;
-        }
+            Handle::run(&handle, event_loop)
+        };
+        Handle::leave_queue(&handle);
+        result?;
     }
     Ok(())
 }

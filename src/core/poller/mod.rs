@@ -80,6 +80,11 @@ impl Poller {
         Arc::clone(&self.waker)
     }
 
+    /// Ends the current or next wait (see `Waker::wake`).
+    pub fn wake(&self) -> io::Result<()> {
+        self.waker.wake()
+    }
+
     /// Starts watching `fd` under `token`. Level-triggered.
     pub fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.selector.add(fd, token, interest)
