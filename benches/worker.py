@@ -1,0 +1,65 @@
+"""One measurement in one fresh process: build the loop, run one case, print one JSON line.
+
+Invoked by the runner as `python benches/run.py --worker CASE LOOP [--quick]`, or as
+`python benches/run.py --probe LOOP` to check that a loop imports and can be created.
+"""
+
+import gc
+import importlib
+import json
+import platform
+import sys
+
+from cases import CASES, maxrss_kib
+
+QUICK_SCALE = 0.1
+
+# loop name -> (module to import, factory given that module, distribution name for its version)
+LOOPS = {
+    "asyncio": ("asyncio", lambda mod: mod.DefaultEventLoopPolicy._loop_factory(), None),
+    "uvloop": ("uvloop", lambda mod: mod.new_event_loop(), "uvloop"),
+    "rloop": ("rloop", lambda mod: mod.new_event_loop(), "rloop"),
+    "ferroloop": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
+}
+
+
+def make_loop(name):
+    module_name, factory, _ = LOOPS[name]
+    return factory(importlib.import_module(module_name))
+
+
+def loop_version(name):
+    _, _, dist = LOOPS[name]
+    if dist is None:
+        return "python " + platform.python_version()
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return getattr(sys.modules.get(LOOPS[name][0]), "__version__", "?")
+
+
+def run_sample(case_name, loop_name, quick=False):
+    case = CASES[case_name]
+    n = case.size_for(QUICK_SCALE if quick else 1.0)
+    loop = make_loop(loop_name)
+    try:
+        gc.collect()
+        result = case.run(loop, n)
+    finally:
+        loop.close()
+    result.update(case=case_name, loop=loop_name, n=n, maxrss_kib=maxrss_kib())
+    return result
+
+
+def probe(loop_name):
+    """Print the loop's version if it imports and a loop can be made and closed."""
+    loop = make_loop(loop_name)
+    loop.close()
+    print(json.dumps({"loop": loop_name, "version": loop_version(loop_name)}))
+
+
+def worker(case_name, loop_name, quick):
+    print(json.dumps(run_sample(case_name, loop_name, quick)))
+
