@@ -5,6 +5,7 @@
 """
 
 import argparse
+import os
 import runpy
 import sys
 
@@ -19,6 +20,12 @@ def main(argv=None):
     run.add_argument("script", help="path of the Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     options = parser.parse_args(argv)
+
+    if not os.path.isfile(options.script):
+        # As `python SCRIPT` reports it.
+        path = os.path.abspath(options.script)
+        print(f"{sys.executable}: can't open file {path!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        return 2
 
     ferroloop.install()
     sys.argv = [options.script, *options.args]
