@@ -394,11 +394,6 @@ impl LoopCore {
         self.state.borrow_mut(py).slow_callback_duration = value;
     }
 
-    /// In debug mode, refuses a call from a thread other than the running loop's.
-    fn _check_thread(&self, py: Python<'_>) -> PyResult<()> {
-        self.check_thread(py)
-    }
-
     /// Runs iterations until `stop()`; the Python `run_forever` wraps it.
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         run::run_forever(slf)
