@@ -7,5 +7,5 @@
 pub mod clock;
 pub mod poller;
 pub mod ready;
-mod sys;
+pub mod sys;
 pub mod timers;

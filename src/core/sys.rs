@@ -1,5 +1,8 @@
 //! One way to make a system call: `syscall!(name(args))` returns `io::Result` of the raw return
-//! value, turning `-1` into the thread's `errno`.
+//! value, turning `-1` into the thread's `errno`; and the few fd helpers built on it.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
@@ -15,3 +18,17 @@ macro_rules! syscall {
 }
 
 pub(crate) use syscall;
+
+/// A connected pair of non-blocking, close-on-exec Unix stream sockets.
+pub fn nonblocking_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
+    syscall!(socketpair(
+        libc::AF_UNIX,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0,
+        fds.as_mut_ptr()
+    ))?;
+    // SAFETY: socketpair succeeded: two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}

@@ -13,7 +13,7 @@ mod io;
 mod run;
 mod shared;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
@@ -29,6 +29,7 @@ use shared::LoopShared;
 use crate::core::clock;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::ready::ReadyQueue;
+use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
 
@@ -74,24 +75,6 @@ fn os_error(err: std::io::Error) -> PyErr {
 
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
-}
-
-fn nonblocking_socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: socketpair succeeded: two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Seconds as an `f64` from an int or float; anything else is added to `base` with Python's `+`
