@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 import warnings
+import weakref
 from asyncio import constants, coroutines, events, futures, tasks
 from asyncio.log import logger
 
@@ -66,7 +67,7 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
         self._current_handle = None
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
-        self._asyncgens = __import__("weakref").WeakSet()
+        self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._set_debug(coroutines._is_debug_mode())
 

@@ -14,17 +14,6 @@ pub fn monotonic() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// The clock's resolution in seconds (what `time.get_clock_info('monotonic').resolution` says).
-pub fn resolution() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: as above, a valid timespec for a clock that exists.
-    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,11 +36,5 @@ mod tests {
         let ours = monotonic() - start;
         let std = instant.elapsed().as_secs_f64();
         assert!((ours - std).abs() < 0.005, "{ours} vs {std}");
-    }
-
-    #[test]
-    fn resolution_is_fine() {
-        let res = resolution();
-        assert!(res > 0.0 && res <= 1e-3, "{res}");
     }
 }
