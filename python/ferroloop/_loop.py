@@ -18,7 +18,7 @@ import weakref
 from asyncio import constants, coroutines, events, futures, tasks
 from asyncio.log import logger
 
-from ferroloop import _core
+from ferroloop import _core, _hooks
 
 __all__ = ("Loop",)
 
@@ -261,8 +261,6 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
     def run_in_executor(self, executor, func, *args):
         self._check_closed()
         if self.get_debug():
-            from ferroloop import _hooks
-
             _hooks.check_callback(func, "run_in_executor")
         if executor is None:
             if self._executor_shutdown_called:

@@ -145,13 +145,28 @@ impl LoopCore {
         .create(py, queued_only)
     }
 
-    fn schedule_ready(&self, py: Python<'_>, handle: &Bound<'_, Handle>) {
+    /// The body of `call_soon` and `call_soon_threadsafe`: checks, a new handle, queued.
+    fn soon<'py>(
+        &'py self,
+        py: Python<'py>,
+        method: &str,
+        check_thread: bool,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed(py)?;
+        self.debug_checks(py, &callback, method, check_thread)?;
+        let handle = self.new_handle(py, callback, args, context, None, true)?;
         self.state
             .borrow_mut(py)
             .ready
             .push(handle.clone().unbind());
+        Ok(handle)
     }
 
+    /// The body of `call_later` and `call_at` once the deadline is known. Debug errors name
+    /// `call_at()` for both, as the stock `call_later` delegates to `call_at`.
     fn schedule_timer<'py>(
         &'py self,
         py: Python<'py>,
@@ -160,6 +175,8 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed(py)?;
+        self.debug_checks(py, &callback, "call_at", true)?;
         let handle = self.new_handle(py, callback, args, context, Some(when), true)?;
         self.state
             .borrow_mut(py)
@@ -284,11 +301,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        self.check_closed(py)?;
-        self.debug_checks(py, &callback, "call_soon", true)?;
-        let handle = self.new_handle(py, callback, args, context, None, true)?;
-        self.schedule_ready(py, &handle);
-        Ok(handle)
+        self.soon(py, "call_soon", true, callback, args, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -299,10 +312,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        self.check_closed(py)?;
-        self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
-        let handle = self.new_handle(py, callback, args, context, None, true)?;
-        self.schedule_ready(py, &handle);
+        let handle = self.soon(py, "call_soon_threadsafe", false, callback, args, context)?;
         if let Some(poller) = &self.state.borrow(py).poller {
             poller.wake().map_err(os_error)?;
         }
@@ -322,9 +332,6 @@ impl LoopCore {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let when = add_seconds(clock::monotonic(), &delay)?;
-        self.check_closed(py)?;
-        // The stock call_later delegates to call_at, whose name its debug errors carry.
-        self.debug_checks(py, &callback, "call_at", true)?;
         self.schedule_timer(py, when, callback, args, context)
     }
 
@@ -341,8 +348,6 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when = add_seconds(0.0, &when)?;
-        self.check_closed(py)?;
-        self.debug_checks(py, &callback, "call_at", true)?;
         self.schedule_timer(py, when, callback, args, context)
     }
 

@@ -143,7 +143,6 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool)
         }
         let fd = ev.token as i32;
         let Some(entry) = st.io.get(fd) else { continue };
-        let mut queue = Vec::with_capacity(2);
         for (ready, slot, is_writer) in [
             (ev.readable, &entry.reader, false),
             (ev.writable, &entry.writer, true),
@@ -152,12 +151,9 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool)
                 if handle.get().is_cancelled() {
                     stale.push((fd, is_writer));
                 } else {
-                    queue.push(handle.clone_ref(py));
+                    st.ready.push(handle.clone_ref(py));
                 }
             }
-        }
-        for handle in queue {
-            st.ready.push(handle);
         }
     }
     st.events = events;
