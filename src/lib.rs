@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    event_loop::install_fast_methods(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<event_loop::Handle>()?;
     m.add_class::<event_loop::TimerHandle>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

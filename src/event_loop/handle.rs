@@ -13,6 +13,13 @@
 //!
 //! Handles are kept small (a million may be queued): no borrow flag, no weak-reference slot,
 //! debug-only data out of line, and only timers hold the `LoopShared` pointer.
+//!
+//! Both classes keep a freelist. Besides saving the allocator, it keeps handles out of the
+//! collector's accounting: every allocation of a GC object counts towards the next young
+//! collection and every free counts back, so a loop turning over thousands of timers and task
+//! wake-ups would otherwise trigger young collections that find thousands of live tasks,
+//! coroutines and futures to walk. A handle taken from the freelist starts untracked; `create`
+//! sets the tracking each kind of handle needs.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,16 +29,17 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
+use super::args::CallArgs;
 use super::hooks;
 use super::shared::LoopShared;
 use crate::gil_cell::GilCell;
 
 struct Callback {
     callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: CallArgs,
 }
 
 /// What only debug mode records, kept out of line so a handle stays small.
@@ -54,7 +62,7 @@ struct CallbackSlot(UnsafeCell<Option<Callback>>);
 unsafe impl Sync for CallbackSlot {}
 
 impl CallbackSlot {
-    fn get(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+    fn get(&self, py: Python<'_>) -> Option<(Py<PyAny>, CallArgs)> {
         // SAFETY: see the Sync impl: the shared reference lives only across two increfs.
         let slot = unsafe { &*self.0.get() };
         slot.as_ref()
@@ -71,13 +79,13 @@ impl CallbackSlot {
         // (accesses run no Python code, so no collection can start during one).
         if let Some(cb) = unsafe { &*self.0.get() } {
             visit.call(&cb.callback)?;
-            visit.call(&cb.args)?;
+            cb.args.visit(visit)?;
         }
         Ok(())
     }
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass)]
+#[pyclass(module = "ferroloop", frozen, subclass, freelist = 8192)]
 pub struct Handle {
     callback: CallbackSlot,
     context: Py<PyAny>,
@@ -92,13 +100,13 @@ pub struct Handle {
 }
 
 /// A handle scheduled for a time; `when()` gives it.
-#[pyclass(module = "ferroloop", frozen, extends = Handle)]
+#[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 8192)]
 pub struct TimerHandle;
 
 /// Everything a new handle needs; built by the loop's scheduling methods.
 pub struct NewHandle<'py> {
     pub callback: Bound<'py, PyAny>,
-    pub args: Bound<'py, PyTuple>,
+    pub args: CallArgs,
     pub context: Option<Bound<'py, PyAny>>,
     pub when: Option<f64>,
     pub shared: &'py Arc<LoopShared>,
@@ -126,7 +134,7 @@ impl<'py> NewHandle<'py> {
         Ok(Handle {
             callback: CallbackSlot(UnsafeCell::new(Some(Callback {
                 callback: self.callback.unbind(),
-                args: self.args.unbind(),
+                args: self.args,
             }))),
             context,
             when: self.when.unwrap_or(f64::NAN),
@@ -153,11 +161,17 @@ impl<'py> NewHandle<'py> {
         } else {
             Bound::new(py, handle)?
         };
-        if queued_only {
-            // SAFETY: a live object of a GC type (PyO3 gives every pyclass Py_TPFLAGS_HAVE_GC),
-            // just created and tracked; the type's dealloc calls PyObject_GC_UnTrack, which
-            // accepts an untracked object.
-            unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
+        let ptr = handle.as_ptr();
+        // SAFETY: `ptr` is a live object of a GC type (PyO3 gives every pyclass
+        // Py_TPFLAGS_HAVE_GC), just created: tracked if it was freshly allocated, untracked if it
+        // came from the freelist. UnTrack accepts an untracked object and Track is called only on
+        // an untracked one, as each requires; the type's dealloc untracks either way.
+        unsafe {
+            if queued_only {
+                ffi::PyObject_GC_UnTrack(ptr.cast());
+            } else if ffi::PyObject_GC_IsTracked(ptr) == 0 {
+                ffi::PyObject_GC_Track(ptr.cast());
+            }
         }
         Ok(handle)
     }
@@ -202,15 +216,14 @@ impl Handle {
         };
         let ctx = this.context.as_ptr();
         // SAFETY: the GIL is held; `ctx` is a live Context (checked by PyContext_Enter, which sets
-        // an exception and returns -1 otherwise); `callback` and `args` are live objects, `args`
-        // a tuple; PyContext_Exit is called exactly once after a successful enter, as
+        // an exception and returns -1 otherwise); `callback` is a live object and `args` holds
+        // live references; PyContext_Exit is called exactly once after a successful enter, as
         // contextvars.Context.run does.
         let result = unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
                 std::ptr::null_mut()
             } else {
-                let res =
-                    ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+                let res = args.call(callback.as_ptr());
                 if ffi::PyContext_Exit(ctx) < 0 {
                     ffi::Py_XDECREF(res);
                     std::ptr::null_mut()
@@ -220,7 +233,7 @@ impl Handle {
             }
         };
         if !result.is_null() {
-            // SAFETY: a new reference returned by PyObject_Call, released once here.
+            // SAFETY: a new reference returned by the call, released once here.
             unsafe { ffi::Py_DECREF(result) };
             return Ok(());
         }
@@ -229,7 +242,11 @@ impl Handle {
             return Err(err);
         }
         let context = PyDict::new(py);
-        let source = hooks::call(py, "format_callback_source", (&callback, &args))?;
+        let source = hooks::call(
+            py,
+            "format_callback_source",
+            (&callback, args.to_tuple(py)?),
+        )?;
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.value(py))?;
         context.set_item("handle", slf)?;
@@ -280,8 +297,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.get(py).map(|(_, args)| args.into_any())
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.callback
+            .get(py)
+            .map(|(_, args)| Ok(args.to_tuple(py)?.into_any().unbind()))
+            .transpose()
     }
 
     #[getter]
@@ -400,7 +420,7 @@ fn handles_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyRe
     let py = a.py();
     let cb_a = Handle::_callback(x, py);
     let cb_b = Handle::_callback(y, py);
-    let args_a = Handle::_args(x, py);
-    let args_b = Handle::_args(y, py);
+    let args_a = Handle::_args(x, py)?;
+    let args_b = Handle::_args(y, py)?;
     Ok(cb_a.into_pyobject(py)?.eq(cb_b)? && args_a.into_pyobject(py)?.eq(args_b)?)
 }

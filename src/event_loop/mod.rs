@@ -7,6 +7,8 @@
 //! Python objects removed from the state are dropped only after the borrow ends, because dropping
 //! one can run arbitrary `__del__` code that calls back into the loop.
 
+mod args;
+mod fastcall;
 mod handle;
 mod hooks;
 mod io;
@@ -21,6 +23,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
+use args::CallArgs;
+pub use fastcall::install as install_fast_methods;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
 use io::IoRegistry;
@@ -130,7 +134,7 @@ impl LoopCore {
         &'py self,
         py: Python<'py>,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs,
         context: Option<Bound<'py, PyAny>>,
         when: Option<f64>,
         queued_only: bool,
@@ -152,7 +156,7 @@ impl LoopCore {
         method: &str,
         check_thread: bool,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
@@ -172,7 +176,7 @@ impl LoopCore {
         py: Python<'py>,
         when: f64,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: CallArgs,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
@@ -183,6 +187,53 @@ impl LoopCore {
             .timers
             .push(when, handle.clone().unbind());
         Ok(handle)
+    }
+
+    /// `call_soon_threadsafe`: `call_soon` without the thread check, then a wake-up.
+    fn soon_threadsafe<'py>(
+        &'py self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+        args: CallArgs,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let handle = self.soon(py, "call_soon_threadsafe", false, callback, args, context)?;
+        if let Some(poller) = &self.state.borrow(py).poller {
+            poller.wake().map_err(os_error)?;
+        }
+        Ok(handle)
+    }
+
+    /// `call_later`: the deadline is `time() + delay`.
+    fn later<'py>(
+        &'py self,
+        py: Python<'py>,
+        delay: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: CallArgs,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = add_seconds(clock::monotonic(), delay)?;
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    /// `call_at`: `when` is on the loop's clock.
+    fn at<'py>(
+        &'py self,
+        py: Python<'py>,
+        when: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: CallArgs,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = add_seconds(0.0, when)?;
+        self.schedule_timer(py, when, callback, args, context)
     }
 
     /// Registers `callback(*args)` as the reader (or writer) of `fd`, replacing any previous one,
@@ -196,7 +247,8 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         self.check_closed(py)?;
-        let handle = self.new_handle(py, callback, args, None, None, false)?;
+        let handle =
+            self.new_handle(py, callback, CallArgs::from_tuple(args), None, None, false)?;
         let replaced = {
             let mut st = self.state.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
@@ -291,64 +343,6 @@ impl LoopCore {
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         clock::monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        &'py self,
-        py: Python<'py>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        self.soon(py, "call_soon", true, callback, args, context)
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
-        &'py self,
-        py: Python<'py>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let handle = self.soon(py, "call_soon_threadsafe", false, callback, args, context)?;
-        if let Some(poller) = &self.state.borrow(py).poller {
-            poller.wake().map_err(os_error)?;
-        }
-        Ok(handle)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later<'py>(
-        &'py self,
-        py: Python<'py>,
-        delay: Bound<'py, PyAny>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = add_seconds(clock::monotonic(), &delay)?;
-        self.schedule_timer(py, when, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at<'py>(
-        &'py self,
-        py: Python<'py>,
-        when: Bound<'py, PyAny>,
-        callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when = add_seconds(0.0, &when)?;
-        self.schedule_timer(py, when, callback, args, context)
     }
 
     /// Stops the loop after the current iteration.

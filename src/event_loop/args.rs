@@ -1,0 +1,97 @@
+//! A callback's positional arguments, as a handle keeps them.
+//!
+//! Most callbacks take no argument (`call_soon(f)`) or one (a future's done callbacks and task
+//! wake-ups are `call_soon(cb, fut)`). Those two shapes are kept without a tuple and called with
+//! `PyObject_Vectorcall`, so scheduling one allocates no tuple: a tuple is a garbage-collected
+//! object, and every allocation of one counts towards the collector's next young collection,
+//! which in a loop turning over thousands of tasks is a measurable share of the time. Two or
+//! more arguments keep a tuple. `_args` and error reports build the tuple on demand.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::PyTraverseError;
+
+pub enum CallArgs {
+    Zero,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl CallArgs {
+    /// From the positional arguments of a vectorcall.
+    pub fn from_slice(py: Python<'_>, args: &[Borrowed<'_, '_, PyAny>]) -> PyResult<CallArgs> {
+        Ok(match args {
+            [] => CallArgs::Zero,
+            [one] => CallArgs::One((*one).to_owned().unbind()),
+            many => CallArgs::Many(PyTuple::new(py, many.iter())?.unbind()),
+        })
+    }
+
+    /// From an `*args` tuple.
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> CallArgs {
+        match args.len() {
+            0 => CallArgs::Zero,
+            1 => match args.get_item(0) {
+                Ok(one) => CallArgs::One(one.unbind()),
+                Err(_) => CallArgs::Many(args.unbind()),
+            },
+            _ => CallArgs::Many(args.unbind()),
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> CallArgs {
+        match self {
+            CallArgs::Zero => CallArgs::Zero,
+            CallArgs::One(one) => CallArgs::One(one.clone_ref(py)),
+            CallArgs::Many(many) => CallArgs::Many(many.clone_ref(py)),
+        }
+    }
+
+    /// The arguments as the tuple the stock `Handle._args` holds.
+    pub fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            CallArgs::Zero => Ok(PyTuple::empty(py)),
+            CallArgs::One(one) => PyTuple::new(py, [one]),
+            CallArgs::Many(many) => Ok(many.bind(py).clone()),
+        }
+    }
+
+    /// Calls `callback(*args)`: a new reference, or NULL with the exception set.
+    ///
+    /// # Safety
+    /// The GIL must be held and `callback` must be a live object.
+    pub unsafe fn call(&self, callback: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        // SAFETY (all arms): the caller guarantees the GIL and a live callback; the argument
+        // pointers come from live references this value holds for the whole call.
+        unsafe {
+            match self {
+                CallArgs::Zero => {
+                    ffi::PyObject_Vectorcall(callback, std::ptr::null(), 0, std::ptr::null_mut())
+                }
+                CallArgs::One(one) => {
+                    // A free slot before the argument lets a bound method put `self` there
+                    // instead of allocating (PY_VECTORCALL_ARGUMENTS_OFFSET).
+                    let slots = [std::ptr::null_mut(), one.as_ptr()];
+                    ffi::PyObject_Vectorcall(
+                        callback,
+                        slots.as_ptr().add(1),
+                        1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                        std::ptr::null_mut(),
+                    )
+                }
+                CallArgs::Many(many) => {
+                    ffi::PyObject_Call(callback, many.as_ptr(), std::ptr::null_mut())
+                }
+            }
+        }
+    }
+
+    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            CallArgs::Zero => Ok(()),
+            CallArgs::One(one) => visit.call(one),
+            CallArgs::Many(many) => visit.call(many),
+        }
+    }
+}

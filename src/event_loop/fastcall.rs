@@ -1,0 +1,333 @@
+//! `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at` as raw vectorcall methods.
+//!
+//! These four are the loop's hottest entry points (every task step and every future callback
+//! goes through `call_soon`). A `#[pymethods]` signature with `*args` makes PyO3 pack the extra
+//! arguments into a fresh tuple on every call; taking the C calling convention directly
+//! (`METH_FASTCALL | METH_KEYWORDS`) lets the handle keep zero or one argument without a tuple
+//! (see `args.rs`) and skips the generic argument parser. The parameters are the stock ones:
+//! `(callback, *args, context=None)`, with `delay`/`when` first for the timers; the leading ones
+//! may be given by keyword, and errors use Python's own wording.
+//!
+//! The methods are installed on `LoopCore` by `install`, as method descriptors, at module import.
+
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PySystemError, PyTypeError};
+use pyo3::ffi;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple, PyType};
+
+use super::args::CallArgs;
+use super::LoopCore;
+
+/// The arguments of one call, split as `(*leading, *rest, context=...)`.
+struct Parsed<'a, 'py> {
+    leading: [Option<Borrowed<'a, 'py, PyAny>>; 2],
+    rest: &'a [Borrowed<'a, 'py, PyAny>],
+    context: Option<Borrowed<'a, 'py, PyAny>>,
+}
+
+/// `a`, `a and b`, `a, b, and c`, as Python words a list of missing arguments.
+fn join_names(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [init @ .., last] => format!("{}, and {last}", init.join(", ")),
+        [] => String::new(),
+    }
+}
+
+fn parse<'a, 'py>(
+    method: &str,
+    params: &[&str],
+    positional: &'a [Borrowed<'a, 'py, PyAny>],
+    keywords: &[(Bound<'py, PyString>, Borrowed<'a, 'py, PyAny>)],
+) -> PyResult<Parsed<'a, 'py>> {
+    let mut leading = [None, None];
+    let split = positional.len().min(params.len());
+    for (slot, value) in leading.iter_mut().zip(&positional[..split]) {
+        *slot = Some(*value);
+    }
+    let mut context = None;
+    for (name, value) in keywords {
+        let name = name.to_str()?;
+        if name == "context" {
+            context = Some(*value);
+            continue;
+        }
+        match params.iter().position(|p| *p == name) {
+            Some(i) if leading[i].is_some() => {
+                return Err(PyTypeError::new_err(format!(
+                    "Loop.{method}() got multiple values for argument '{name}'"
+                )))
+            }
+            Some(i) => leading[i] = Some(*value),
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "Loop.{method}() got an unexpected keyword argument '{name}'"
+                )))
+            }
+        }
+    }
+    let missing: Vec<&str> = params
+        .iter()
+        .zip(&leading)
+        .filter(|(_, v)| v.is_none())
+        .map(|(p, _)| *p)
+        .collect();
+    if !missing.is_empty() {
+        let plural = if missing.len() == 1 { "" } else { "s" };
+        return Err(PyTypeError::new_err(format!(
+            "Loop.{method}() missing {} required positional argument{plural}: {}",
+            missing.len(),
+            join_names(&missing)
+        )));
+    }
+    Ok(Parsed {
+        leading,
+        rest: &positional[split..],
+        context,
+    })
+}
+
+/// The common frame of the four entry points: the GIL token, the panic guard, the split of the
+/// vectorcall arguments, and the conversion of the result to a new reference or NULL.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `LoopCore`: the GIL is held,
+/// `slf` is an instance of `LoopCore` (the method descriptor checks it), `args` points to `nargs`
+/// positional arguments followed by one value per name in `kwnames` (a tuple of str, or NULL).
+unsafe fn entry(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    method: &str,
+    params: &[&str],
+    body: impl for<'a, 'py> FnOnce(&Bound<'py, LoopCore>, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython holds the GIL while it calls a method.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> PyResult<*mut ffi::PyObject> {
+        // SAFETY: `slf` is a live `LoopCore` (see the function's contract).
+        let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() };
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            // SAFETY: a non-NULL `kwnames` is a tuple.
+            unsafe { ffi::PyTuple_GET_SIZE(kwnames) }
+        };
+        let total =
+            usize::try_from(nargs + nkw).map_err(|_| PySystemError::new_err("bad nargs"))?;
+        let all: &[Borrowed<'_, '_, PyAny>] = if total == 0 {
+            &[]
+        } else {
+            // SAFETY: CPython passes `nargs + len(kwnames)` live borrowed references contiguously;
+            // `Borrowed<PyAny>` is a transparent wrapper around a non-null object pointer.
+            unsafe { std::slice::from_raw_parts(args.cast(), total) }
+        };
+        let npos = nargs as usize;
+        let keywords: Vec<(Bound<'_, PyString>, Borrowed<'_, '_, PyAny>)> = if nkw == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: a non-NULL `kwnames` is a live tuple of str.
+            let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+            names
+                .iter()
+                .zip(&all[npos..])
+                .map(|(name, value)| Ok((name.cast_into::<PyString>()?, *value)))
+                .collect::<PyResult<_>>()?
+        };
+        let parsed = parse(method, params, &all[..npos], &keywords)?;
+        Ok(body(&slf, parsed)?.into_ptr())
+    }));
+    let err = match outcome {
+        Ok(Ok(result)) => return result,
+        Ok(Err(err)) => err,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic in ferroloop".to_owned());
+            PanicException::new_err(text)
+        }
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
+fn context<'py>(parsed: &Parsed<'_, 'py>) -> Option<Bound<'py, PyAny>> {
+    parsed.context.map(|c| c.to_owned())
+}
+
+fn leading<'py>(parsed: &Parsed<'_, 'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    parsed.leading[i]
+        .map(|v| v.to_owned())
+        .ok_or_else(|| PySystemError::new_err("argument not parsed"))
+}
+
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
+    unsafe {
+        entry(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "call_soon",
+            &["callback"],
+            |lp, p| {
+                let py = lp.py();
+                let call_args = CallArgs::from_slice(py, p.rest)?;
+                let handle = lp.get().soon(
+                    py,
+                    "call_soon",
+                    true,
+                    leading(&p, 0)?,
+                    call_args,
+                    context(&p),
+                )?;
+                Ok(handle.into_any().unbind())
+            },
+        )
+    }
+}
+
+unsafe extern "C" fn call_soon_threadsafe(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
+    unsafe {
+        entry(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "call_soon_threadsafe",
+            &["callback"],
+            |lp, p| {
+                let py = lp.py();
+                let call_args = CallArgs::from_slice(py, p.rest)?;
+                let handle =
+                    lp.get()
+                        .soon_threadsafe(py, leading(&p, 0)?, call_args, context(&p))?;
+                Ok(handle.into_any().unbind())
+            },
+        )
+    }
+}
+
+unsafe extern "C" fn call_later(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
+    unsafe {
+        entry(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "call_later",
+            &["delay", "callback"],
+            |lp, p| {
+                let py = lp.py();
+                let call_args = CallArgs::from_slice(py, p.rest)?;
+                let handle = lp.get().later(
+                    py,
+                    &leading(&p, 0)?,
+                    leading(&p, 1)?,
+                    call_args,
+                    context(&p),
+                )?;
+                Ok(handle.into_any().unbind())
+            },
+        )
+    }
+}
+
+unsafe extern "C" fn call_at(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
+    unsafe {
+        entry(
+            slf,
+            args,
+            nargs,
+            kwnames,
+            "call_at",
+            &["when", "callback"],
+            |lp, p| {
+                let py = lp.py();
+                let call_args = CallArgs::from_slice(py, p.rest)?;
+                let handle = lp.get().at(
+                    py,
+                    &leading(&p, 0)?,
+                    leading(&p, 1)?,
+                    call_args,
+                    context(&p),
+                )?;
+                Ok(handle.into_any().unbind())
+            },
+        )
+    }
+}
+
+type FastMethod = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+const METHODS: [(&CStr, FastMethod, &CStr); 4] = [
+    (c"call_soon", call_soon, c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon; returns a Handle."),
+    (c"call_soon_threadsafe", call_soon_threadsafe, c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread; wakes the loop."),
+    (c"call_later", call_later, c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds; returns a TimerHandle."),
+    (c"call_at", call_at, c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when; returns a TimerHandle."),
+];
+
+/// Adds the four methods to `LoopCore`. Called once, when the module is imported.
+pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
+    let py = ty.py();
+    for (name, meth, doc) in METHODS {
+        // The definition must outlive the type, which lives as long as the interpreter.
+        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: meth,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr() as *const c_char,
+        }));
+        // SAFETY: the GIL is held; `ty` is a live type object and `def` a valid, leaked method
+        // definition; the result is a new reference or NULL with an exception set.
+        let descr = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
+        };
+        ty.setattr(
+            name.to_str()
+                .map_err(|e| PySystemError::new_err(e.to_string()))?,
+            descr,
+        )?;
+    }
+    Ok(())
+}
