@@ -11,11 +11,10 @@
 //! The methods are installed on `LoopCore` by `install`, as method descriptors, at module import.
 
 use std::ffi::{c_char, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
-use pyo3::panic::PanicException;
+use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
@@ -93,71 +92,66 @@ fn parse<'a, 'py>(
     })
 }
 
-/// The common frame of the four entry points: the GIL token, the panic guard, the split of the
-/// vectorcall arguments, and the conversion of the result to a new reference or NULL.
-///
-/// # Safety
-/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `LoopCore`: the GIL is held,
-/// `slf` is an instance of `LoopCore` (the method descriptor checks it), `args` points to `nargs`
-/// positional arguments followed by one value per name in `kwnames` (a tuple of str, or NULL).
-unsafe fn entry(
+/// One call as CPython passes it to a `METH_FASTCALL | METH_KEYWORDS` method.
+struct RawCall {
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
+}
+
+/// The common part of the four entry points: the split of the vectorcall arguments and the
+/// conversion of the result to a new reference. PyO3's own trampoline (the one `#[pyfunction]`
+/// uses) wraps each of them: it marks the thread as attached for PyO3, so that references
+/// dropped here are released at once, and turns a panic into `PanicException`.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `LoopCore`: `slf` is an
+/// instance of `LoopCore` (the method descriptor checks it), `args` points to `nargs` positional
+/// arguments followed by one value per name in `kwnames` (a tuple of str, or NULL).
+unsafe fn entry<'py>(
+    py: Python<'py>,
+    call: RawCall,
     method: &str,
     params: &[&str],
-    body: impl for<'a, 'py> FnOnce(&Bound<'py, LoopCore>, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython holds the GIL while it calls a method.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> PyResult<*mut ffi::PyObject> {
-        // SAFETY: `slf` is a live `LoopCore` (see the function's contract).
-        let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() };
-        let nkw = if kwnames.is_null() {
-            0
-        } else {
-            // SAFETY: a non-NULL `kwnames` is a tuple.
-            unsafe { ffi::PyTuple_GET_SIZE(kwnames) }
-        };
-        let total =
-            usize::try_from(nargs + nkw).map_err(|_| PySystemError::new_err("bad nargs"))?;
-        let all: &[Borrowed<'_, '_, PyAny>] = if total == 0 {
-            &[]
-        } else {
-            // SAFETY: CPython passes `nargs + len(kwnames)` live borrowed references contiguously;
-            // `Borrowed<PyAny>` is a transparent wrapper around a non-null object pointer.
-            unsafe { std::slice::from_raw_parts(args.cast(), total) }
-        };
-        let npos = nargs as usize;
-        let keywords: Vec<(Bound<'_, PyString>, Borrowed<'_, '_, PyAny>)> = if nkw == 0 {
-            Vec::new()
-        } else {
-            // SAFETY: a non-NULL `kwnames` is a live tuple of str.
-            let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
-            names
-                .iter()
-                .zip(&all[npos..])
-                .map(|(name, value)| Ok((name.cast_into::<PyString>()?, *value)))
-                .collect::<PyResult<_>>()?
-        };
-        let parsed = parse(method, params, &all[..npos], &keywords)?;
-        Ok(body(&slf, parsed)?.into_ptr())
-    }));
-    let err = match outcome {
-        Ok(Ok(result)) => return result,
-        Ok(Err(err)) => err,
-        Err(payload) => {
-            let text = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic in ferroloop".to_owned());
-            PanicException::new_err(text)
-        }
+    body: impl for<'a> FnOnce(&Bound<'py, LoopCore>, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>,
+) -> PyResult<*mut ffi::PyObject> {
+    let RawCall {
+        slf,
+        args,
+        nargs,
+        kwnames,
+    } = call;
+    // SAFETY: `slf` is a live `LoopCore` (see the function's contract).
+    let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() };
+    let nkw = if kwnames.is_null() {
+        0
+    } else {
+        // SAFETY: a non-NULL `kwnames` is a tuple.
+        unsafe { ffi::PyTuple_GET_SIZE(kwnames) }
     };
-    err.restore(py);
-    std::ptr::null_mut()
+    let total = usize::try_from(nargs + nkw).map_err(|_| PySystemError::new_err("bad nargs"))?;
+    let all: &[Borrowed<'_, 'py, PyAny>] = if total == 0 {
+        &[]
+    } else {
+        // SAFETY: CPython passes `nargs + len(kwnames)` live borrowed references contiguously;
+        // `Borrowed<PyAny>` is a transparent wrapper around a non-null object pointer.
+        unsafe { std::slice::from_raw_parts(args.cast(), total) }
+    };
+    let npos = nargs as usize;
+    let keywords: Vec<(Bound<'py, PyString>, Borrowed<'_, 'py, PyAny>)> = if nkw == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: a non-NULL `kwnames` is a live tuple of str.
+        let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+        names
+            .iter()
+            .zip(&all[npos..])
+            .map(|(name, value)| Ok((name.cast_into::<PyString>()?, *value)))
+            .collect::<PyResult<_>>()?
+    };
+    let parsed = parse(method, params, &all[..npos], &keywords)?;
+    Ok(body(&slf, parsed)?.into_ptr())
 }
 
 fn context<'py>(parsed: &Parsed<'_, 'py>) -> Option<Bound<'py, PyAny>> {
@@ -170,139 +164,92 @@ fn leading<'py>(parsed: &Parsed<'_, 'py>, i: usize) -> PyResult<Bound<'py, PyAny
         .ok_or_else(|| PySystemError::new_err("argument not parsed"))
 }
 
-unsafe extern "C" fn call_soon(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
-    unsafe {
-        entry(
-            slf,
-            args,
-            nargs,
-            kwnames,
-            "call_soon",
-            &["callback"],
-            |lp, p| {
-                let py = lp.py();
-                let call_args = CallArgs::from_slice(py, p.rest)?;
-                let handle = lp.get().soon(
+/// Declares one entry point: `$name(py, slf, args, nargs, kwnames)` parsing `$params` and then
+/// running `$body` with the loop, the parsed arguments and the callback's arguments.
+macro_rules! entry_point {
+    ($name:ident, $params:expr, |$lp:ident, $p:ident, $cargs:ident| $body:expr) => {
+        unsafe fn $name(
+            py: Python<'_>,
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> PyResult<*mut ffi::PyObject> {
+            // SAFETY: called by CPython through the trampoline, which meets `entry`'s contract.
+            unsafe {
+                entry(
                     py,
-                    "call_soon",
-                    true,
-                    leading(&p, 0)?,
-                    call_args,
-                    context(&p),
-                )?;
-                Ok(handle.into_any().unbind())
-            },
-        )
-    }
+                    RawCall {
+                        slf,
+                        args,
+                        nargs,
+                        kwnames,
+                    },
+                    stringify!($name),
+                    $params,
+                    |$lp, $p| {
+                        let $cargs = CallArgs::from_slice(py, $p.rest)?;
+                        let handle = $body?;
+                        Ok(handle.into_any().unbind())
+                    },
+                )
+            }
+        }
+    };
 }
 
-unsafe extern "C" fn call_soon_threadsafe(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
-    unsafe {
-        entry(
-            slf,
-            args,
-            nargs,
-            kwnames,
-            "call_soon_threadsafe",
-            &["callback"],
-            |lp, p| {
-                let py = lp.py();
-                let call_args = CallArgs::from_slice(py, p.rest)?;
-                let handle =
-                    lp.get()
-                        .soon_threadsafe(py, leading(&p, 0)?, call_args, context(&p))?;
-                Ok(handle.into_any().unbind())
-            },
-        )
-    }
-}
+entry_point!(call_soon, &["callback"], |lp, p, cargs| lp.get().soon(
+    lp.py(),
+    "call_soon",
+    true,
+    leading(&p, 0)?,
+    cargs,
+    context(&p)
+));
 
-unsafe extern "C" fn call_later(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
-    unsafe {
-        entry(
-            slf,
-            args,
-            nargs,
-            kwnames,
-            "call_later",
-            &["delay", "callback"],
-            |lp, p| {
-                let py = lp.py();
-                let call_args = CallArgs::from_slice(py, p.rest)?;
-                let handle = lp.get().later(
-                    py,
-                    &leading(&p, 0)?,
-                    leading(&p, 1)?,
-                    call_args,
-                    context(&p),
-                )?;
-                Ok(handle.into_any().unbind())
-            },
-        )
-    }
-}
+entry_point!(call_soon_threadsafe, &["callback"], |lp, p, cargs| lp
+    .get()
+    .soon_threadsafe(lp.py(), leading(&p, 0)?, cargs, context(&p)));
 
-unsafe extern "C" fn call_at(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: forwarded from CPython's call, which meets `entry`'s contract.
-    unsafe {
-        entry(
-            slf,
-            args,
-            nargs,
-            kwnames,
-            "call_at",
-            &["when", "callback"],
-            |lp, p| {
-                let py = lp.py();
-                let call_args = CallArgs::from_slice(py, p.rest)?;
-                let handle = lp.get().at(
-                    py,
-                    &leading(&p, 0)?,
-                    leading(&p, 1)?,
-                    call_args,
-                    context(&p),
-                )?;
-                Ok(handle.into_any().unbind())
-            },
-        )
-    }
-}
+entry_point!(call_later, &["delay", "callback"], |lp, p, cargs| lp
+    .get()
+    .later(
+        lp.py(),
+        &leading(&p, 0)?,
+        leading(&p, 1)?,
+        cargs,
+        context(&p)
+    ));
 
-type FastMethod = unsafe extern "C" fn(
-    *mut ffi::PyObject,
-    *const *mut ffi::PyObject,
-    ffi::Py_ssize_t,
-    *mut ffi::PyObject,
-) -> *mut ffi::PyObject;
+entry_point!(call_at, &["when", "callback"], |lp, p, cargs| lp.get().at(
+    lp.py(),
+    &leading(&p, 0)?,
+    leading(&p, 1)?,
+    cargs,
+    context(&p)
+));
 
-const METHODS: [(&CStr, FastMethod, &CStr); 4] = [
-    (c"call_soon", call_soon, c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon; returns a Handle."),
-    (c"call_soon_threadsafe", call_soon_threadsafe, c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread; wakes the loop."),
-    (c"call_later", call_later, c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds; returns a TimerHandle."),
-    (c"call_at", call_at, c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when; returns a TimerHandle."),
+const METHODS: [(&CStr, ffi::PyCFunctionFastWithKeywords, &CStr); 4] = [
+    (
+        c"call_soon",
+        get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon),
+        c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon; returns a Handle.",
+    ),
+    (
+        c"call_soon_threadsafe",
+        get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon_threadsafe),
+        c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread; wakes the loop.",
+    ),
+    (
+        c"call_later",
+        get_trampoline_function!(fastcall_cfunction_with_keywords, call_later),
+        c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds; returns a TimerHandle.",
+    ),
+    (
+        c"call_at",
+        get_trampoline_function!(fastcall_cfunction_with_keywords, call_at),
+        c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when; returns a TimerHandle.",
+    ),
 ];
 
 /// Adds the four methods to `LoopCore`. Called once, when the module is imported.

@@ -33,6 +33,7 @@ use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
 use super::args::CallArgs;
+use super::context::ContextSlot;
 use super::hooks;
 use super::shared::LoopShared;
 use crate::gil_cell::GilCell;
@@ -88,7 +89,7 @@ impl CallbackSlot {
 #[pyclass(module = "ferroloop", frozen, subclass, freelist = 8192)]
 pub struct Handle {
     callback: CallbackSlot,
-    context: Py<PyAny>,
+    context: ContextSlot,
     /// The deadline, for timers; NaN for plain handles.
     when: f64,
     debug: Option<Box<DebugInfo>>,
@@ -107,22 +108,13 @@ pub struct TimerHandle;
 pub struct NewHandle<'py> {
     pub callback: Bound<'py, PyAny>,
     pub args: CallArgs,
-    pub context: Option<Bound<'py, PyAny>>,
+    pub context: ContextSlot,
     pub when: Option<f64>,
     pub shared: &'py Arc<LoopShared>,
 }
 
-fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
-}
-
 impl<'py> NewHandle<'py> {
     fn into_handle(self, py: Python<'py>) -> PyResult<Handle> {
-        let context = match self.context {
-            Some(ctx) if !ctx.is_none() => ctx.unbind(),
-            _ => copy_current_context(py)?,
-        };
         let debug = if self.shared.debug() {
             Some(Box::new(DebugInfo {
                 source_traceback: hooks::call(py, "extract_stack", ())?.unbind(),
@@ -136,7 +128,7 @@ impl<'py> NewHandle<'py> {
                 callback: self.callback.unbind(),
                 args: self.args,
             }))),
-            context,
+            context: self.context,
             when: self.when.unwrap_or(f64::NAN),
             debug,
             shared: self.when.map(|_| Arc::clone(self.shared)),
@@ -195,6 +187,11 @@ impl Handle {
         self.cancelled.load(Ordering::Relaxed)
     }
 
+    /// The Context the handle holds now, to tell the loop it is about to be entered.
+    pub fn context_ptr(&self) -> *mut ffi::PyObject {
+        self.context.as_ptr()
+    }
+
     pub fn when_value(&self) -> f64 {
         self.when
     }
@@ -214,7 +211,8 @@ impl Handle {
         let Some((callback, args)) = this.callback.get(py) else {
             return Ok(());
         };
-        let ctx = this.context.as_ptr();
+        let (context, fresh) = this.context.for_run(py)?;
+        let ctx = context.as_ptr();
         // SAFETY: the GIL is held; `ctx` is a live Context (checked by PyContext_Enter, which sets
         // an exception and returns -1 otherwise); `callback` is a live object and `args` holds
         // live references; PyContext_Exit is called exactly once after a successful enter, as
@@ -232,12 +230,21 @@ impl Handle {
                 }
             }
         };
-        if !result.is_null() {
+        let outcome = if result.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
             // SAFETY: a new reference returned by the call, released once here.
             unsafe { ffi::Py_DECREF(result) };
-            return Ok(());
+            Ok(())
+        };
+        // Still referenced elsewhere, the handle keeps the Context its callback ran in.
+        // SAFETY: `slf` is a live object.
+        if fresh && unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1 {
+            this.context.keep(py, context);
         }
-        let err = PyErr::fetch(py);
+        let Err(err) = outcome else {
+            return Ok(());
+        };
         if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
             return Err(err);
         }
@@ -287,8 +294,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.context.own(py)
     }
 
     #[getter]
@@ -310,8 +317,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.context.own(py)
     }
 
     #[getter]
@@ -350,7 +357,7 @@ impl Handle {
     /// it leaves the queue and someone else still holds it, `leave_queue` tracks it again, so
     /// from then on it is an ordinary tracked object.
     pub fn traverse_contents(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
+        self.context.visit(visit)?;
         self.callback.visit(visit)?;
         if let Some(debug) = &self.debug {
             visit.call(&debug.source_traceback)?;

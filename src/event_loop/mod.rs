@@ -8,6 +8,7 @@
 //! one can run arbitrary `__del__` code that calls back into the loop.
 
 mod args;
+mod context;
 mod fastcall;
 mod handle;
 mod hooks;
@@ -24,6 +25,7 @@ use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 
 use args::CallArgs;
+use context::{ContextSlot, Snapshots};
 pub use fastcall::install as install_fast_methods;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
@@ -49,6 +51,8 @@ pub struct LoopState {
     poller: Option<Arc<Poller>>,
     /// The socket pair whose write end is given to `signal.set_wakeup_fd` while running.
     signal_pair: Option<(OwnedFd, OwnedFd)>,
+    /// The Context shared by handles scheduled without `context=` (see `context.rs`).
+    snapshots: Snapshots,
     stopping: bool,
     /// The running thread's id (`threading.get_ident()`), `Some` while running.
     thread_id: Option<u64>,
@@ -130,6 +134,14 @@ impl LoopCore {
         }
     }
 
+    /// A Context with the current variables, for a handle scheduled without `context=`.
+    fn snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let current = context::copy_current(py)?;
+        let (ctx, garbage) = self.state.borrow_mut(py).snapshots.take(py, current);
+        drop(garbage);
+        Ok(ctx)
+    }
+
     fn new_handle<'py>(
         &'py self,
         py: Python<'py>,
@@ -139,6 +151,10 @@ impl LoopCore {
         when: Option<f64>,
         queued_only: bool,
     ) -> PyResult<Bound<'py, Handle>> {
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ContextSlot::given(ctx.unbind()),
+            _ => ContextSlot::snapshot(self.snapshot(py)?),
+        };
         NewHandle {
             callback,
             args,
@@ -332,6 +348,7 @@ impl LoopCore {
                 events: Vec::new(),
                 poller: Some(Arc::new(poller)),
                 signal_pair: Some(signal_pair),
+                snapshots: Snapshots::default(),
                 stopping: false,
                 thread_id: None,
                 slow_callback_duration: 0.1,
@@ -396,14 +413,17 @@ impl LoopCore {
             let mut st = self.state.borrow_mut(py);
             st.poller = None;
             st.signal_pair = None;
+            let snapshot = st.snapshots.clear();
             let mut garbage = st.ready.drain();
             garbage.extend(st.timers.drain());
             for (_, entry) in st.io.drain() {
                 garbage.extend(entry.reader);
                 garbage.extend(entry.writer);
             }
-            garbage
+            (garbage, snapshot)
         };
+        let (garbage, snapshot) = garbage;
+        drop(snapshot);
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();
@@ -453,6 +473,7 @@ impl LoopCore {
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow_in_gc() {
+            st.snapshots.visit(&visit)?;
             for h in st
                 .ready
                 .iter()
@@ -475,6 +496,7 @@ impl LoopCore {
         Python::attach(|py| {
             let garbage = {
                 let mut st = self.state.borrow_mut(py);
+                let snapshot = st.snapshots.clear();
                 let mut garbage = st.ready.drain();
                 garbage.extend(st.timers.drain());
                 for (fd, entry) in st.io.drain() {
@@ -484,7 +506,7 @@ impl LoopCore {
                     garbage.extend(entry.reader);
                     garbage.extend(entry.writer);
                 }
-                garbage
+                (garbage, snapshot)
             };
             drop(garbage);
         });

@@ -209,9 +209,16 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 
     let event_loop = slf.as_any();
     for _ in 0..ntodo {
-        let Some(handle) = this.state.borrow_mut(py).ready.pop() else {
-            break;
+        let (handle, retired) = {
+            let mut st = this.state.borrow_mut(py);
+            let Some(handle) = st.ready.pop() else {
+                break;
+            };
+            // About to be entered: no longer offered to new handles (see `context.rs`).
+            let retired = st.snapshots.retire(handle.get().context_ptr());
+            (handle, retired)
         };
+        drop(retired);
         let handle = handle.into_bound(py);
         let result = if handle.get().is_cancelled() {
             Ok(())

@@ -1,0 +1,250 @@
+//! The `contextvars.Context` a handle runs in, without a new Context per handle.
+//!
+//! The stock `Handle` given no `context=` keeps `contextvars.copy_context()`: a new Context per
+//! callback. A million queued callbacks are then a million live, garbage-collected Contexts, and
+//! the collector walks them all on every full collection (half the time of a `call_soon` burst).
+//! Yet those copies are almost always identical: a Context is a thin object around an immutable
+//! mapping of variables, and consecutive `call_soon`s from the same code see the same mapping.
+//!
+//! So a handle scheduled without `context=` holds a *snapshot*: a Context the loop shares among
+//! the handles scheduled while the current variables stay the same (the loop compares the
+//! mapping's identity). Nobody ever enters a shared snapshot, so it never changes; what the
+//! stock loop guarantees still holds:
+//!
+//! - a callback runs with the variables current when it was scheduled, and what it sets is seen
+//!   by no other callback: a handle whose snapshot is shared runs in a fresh copy of it (CPython
+//!   reuses freed Contexts, so the copy costs no garbage-collected allocation); a snapshot no
+//!   longer shared is entered directly;
+//! - `get_context()` returns one Context that is the handle's own: asked before the handle ran, it
+//!   first swaps its snapshot for a private copy; a handle still referenced when its callback
+//!   ends keeps the Context the callback ran in, with whatever the callback set in it.
+//!
+//! Comparing mappings needs the Context's `ctx_vars` field, which CPython does not export. Its
+//! place is probed once at start-up (`vars_offset`): if the probe does not find the mapping where
+//! every CPython from 3.7 to 3.14 keeps it, every handle gets its own copy, as in the stock loop.
+
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+/// Where `ctx_vars` sits in a Context: after the object header and the `ctx_prev` pointer.
+const CANDIDATE_OFFSET: usize = std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<usize>();
+
+static VARS_OFFSET: PyOnceLock<Option<usize>> = PyOnceLock::new();
+
+/// The mapping pointer stored at `offset` in `ctx`.
+///
+/// # Safety
+/// The GIL is held, `ctx` is a live Context and `offset` was validated by `probe`.
+unsafe fn vars_at(ctx: *mut ffi::PyObject, offset: usize) -> *mut ffi::PyObject {
+    // SAFETY: per the contract, `offset` lies inside the Context object and holds a pointer.
+    unsafe { *(ctx.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>()) }
+}
+
+/// Whether `ptr` is a live object of CPython's internal `hamt` type.
+///
+/// # Safety
+/// The GIL is held and `ptr` is NULL or a live object.
+unsafe fn is_hamt(ptr: *mut ffi::PyObject) -> bool {
+    if ptr.is_null() {
+        return false;
+    }
+    // SAFETY: `ptr` is a live object, so its type and the type's name are valid.
+    unsafe { CStr::from_ptr((*ffi::Py_TYPE(ptr)).tp_name) == c"hamt" }
+}
+
+/// Checks that `CANDIDATE_OFFSET` holds a Context's variable mapping: a `hamt`, shared by a copy,
+/// replaced by a new `hamt` when a variable is set in the copy.
+fn probe(py: Python<'_>) -> PyResult<bool> {
+    let off = CANDIDATE_OFFSET;
+    // SAFETY: the GIL is held; each call returns a new reference or NULL with an exception set
+    // (turned into Err); the Contexts are live while their `Bound`s are, so reading their fields
+    // at `off` stays inside the object (a Context is larger than the header and two pointers);
+    // Enter/Exit are paired.
+    unsafe {
+        let first = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())?;
+        let before = vars_at(first.as_ptr(), off);
+        if !is_hamt(before) {
+            return Ok(false);
+        }
+        let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(first.as_ptr()))?;
+        if vars_at(copy.as_ptr(), off) != before {
+            return Ok(false);
+        }
+        let var = Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyContextVar_New(c"ferroloop_probe".as_ptr(), std::ptr::null_mut()),
+        )?;
+        if ffi::PyContext_Enter(copy.as_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let token = ffi::PyContextVar_Set(var.as_ptr(), ffi::Py_None());
+        let exited = ffi::PyContext_Exit(copy.as_ptr());
+        let _token = Bound::from_owned_ptr_or_err(py, token)?;
+        if exited < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let after = vars_at(copy.as_ptr(), off);
+        Ok(after != before && is_hamt(after) && vars_at(first.as_ptr(), off) == before)
+    }
+}
+
+fn vars_offset(py: Python<'_>) -> Option<usize> {
+    *VARS_OFFSET.get_or_init(py, || {
+        probe(py).unwrap_or(false).then_some(CANDIDATE_OFFSET)
+    })
+}
+
+pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held; returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+fn copy_of(ctx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held and `ctx` is a live Context (PyContext_Copy checks the type and
+    // sets TypeError otherwise); returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(ctx.py(), ffi::PyContext_Copy(ctx.as_ptr())) }
+        .map(Bound::unbind)
+}
+
+/// The loop's side: the snapshot last handed out, offered to the next handle if the variables
+/// have not changed.
+#[derive(Default)]
+pub struct Snapshots {
+    last: Option<Py<PyAny>>,
+}
+
+impl Snapshots {
+    /// A Context with the current variables for a new handle: the last snapshot if the variables
+    /// are the same, else a new one, which becomes the last. The second value is the previous
+    /// snapshot when it was replaced, for the caller to drop outside any borrow.
+    ///
+    /// `current` is a fresh copy of the current Context (`copy_current`), made before the loop's
+    /// state is borrowed: allocating can start a collection, which can run arbitrary code.
+    pub fn take(&mut self, py: Python<'_>, current: Py<PyAny>) -> (Py<PyAny>, Option<Py<PyAny>>) {
+        let Some(offset) = vars_offset(py) else {
+            return (current, None);
+        };
+        if let Some(last) = &self.last {
+            // SAFETY: both are live Contexts and `offset` was validated by `probe`.
+            let same =
+                unsafe { vars_at(last.as_ptr(), offset) == vars_at(current.as_ptr(), offset) };
+            if same {
+                // The caller drops `current`: it goes back to CPython's Context free list.
+                return (last.clone_ref(py), Some(current));
+            }
+        }
+        let old = self.last.replace(current.clone_ref(py));
+        (current, old)
+    }
+
+    /// Stops offering `ctx` to new handles (it is about to be entered); returns the loop's
+    /// reference to it, if it had one, for the caller to drop.
+    pub fn retire(&mut self, ctx: *mut ffi::PyObject) -> Option<Py<PyAny>> {
+        if self.last.as_ref().is_some_and(|last| last.as_ptr() == ctx) {
+            self.last.take()
+        } else {
+            None
+        }
+    }
+
+    pub fn clear(&mut self) -> Option<Py<PyAny>> {
+        self.last.take()
+    }
+
+    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.last)
+    }
+}
+
+/// The handle's side: its Context and whether that Context is its own.
+pub struct ContextSlot {
+    ctx: UnsafeCell<Py<PyAny>>,
+    /// False while `ctx` may be a snapshot shared with other handles.
+    own: AtomicBool,
+}
+
+// SAFETY: the cell is read and written only with the GIL held (every method takes a `Python`
+// token or runs in the collector's traverse, which holds it), and no access runs Python code
+// while a reference into the cell is live, so accesses never overlap.
+unsafe impl Sync for ContextSlot {}
+
+impl ContextSlot {
+    /// A Context given with `context=`: the handle's own, entered as it is.
+    pub fn given(ctx: Py<PyAny>) -> ContextSlot {
+        ContextSlot {
+            ctx: UnsafeCell::new(ctx),
+            own: AtomicBool::new(true),
+        }
+    }
+
+    /// A snapshot from `Snapshots::take`, possibly shared.
+    pub fn snapshot(ctx: Py<PyAny>) -> ContextSlot {
+        ContextSlot {
+            ctx: UnsafeCell::new(ctx),
+            own: AtomicBool::new(false),
+        }
+    }
+
+    fn current(&self, py: Python<'_>) -> Py<PyAny> {
+        // SAFETY: see the Sync impl: the shared reference lives only across one incref.
+        unsafe { (*self.ctx.get()).clone_ref(py) }
+    }
+
+    fn replace(&self, _py: Python<'_>, ctx: Py<PyAny>) {
+        // SAFETY: see the Sync impl: no other reference into the cell is live.
+        let old = unsafe { std::mem::replace(&mut *self.ctx.get(), ctx) };
+        self.own.store(true, Ordering::Relaxed);
+        // Dropped once the cell is written: freeing a Context can free its variables' values,
+        // which can run arbitrary `__del__` code.
+        drop(old);
+    }
+
+    pub fn as_ptr(&self) -> *mut ffi::PyObject {
+        // SAFETY: see the Sync impl; only the pointer value is read.
+        unsafe { (*self.ctx.get()).as_ptr() }
+    }
+
+    /// The handle's own Context, for `get_context()`: a shared snapshot is first swapped for a
+    /// private copy.
+    pub fn own(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let ctx = self.current(py);
+        if self.own.load(Ordering::Relaxed) {
+            return Ok(ctx);
+        }
+        let copy = copy_of(ctx.bind(py))?;
+        self.replace(py, copy.clone_ref(py));
+        Ok(copy)
+    }
+
+    /// The Context to enter for a run, and whether it is a fresh copy (to keep with `keep` if the
+    /// handle outlives the run). The loop has already stopped offering the snapshot to new
+    /// handles (`Snapshots::retire`), so a snapshot nobody else holds is this handle's alone.
+    pub fn for_run(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, bool)> {
+        let ctx = self.current(py);
+        if self.own.load(Ordering::Relaxed) {
+            return Ok((ctx, false));
+        }
+        // Two references, the cell's and `ctx`, mean no other handle shares it.
+        // SAFETY: `ctx` is a live object.
+        if unsafe { ffi::Py_REFCNT(ctx.as_ptr()) } <= 2 {
+            self.own.store(true, Ordering::Relaxed);
+            return Ok((ctx, false));
+        }
+        Ok((copy_of(ctx.bind(py))?, true))
+    }
+
+    /// Keeps the Context a run used, so that `get_context()` shows what the callback set.
+    pub fn keep(&self, py: Python<'_>, ctx: Py<PyAny>) {
+        self.replace(py, ctx);
+    }
+
+    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        // SAFETY: the collector runs with the GIL held and outside any access to the slot.
+        visit.call(unsafe { &*self.ctx.get() })
+    }
+}
