@@ -180,3 +180,36 @@ def test_many_shared_handles_then_a_write_between_them(loop):
     loop.call_soon(lambda: seen.append(var.get()))
     run_queued(loop)
     assert seen == ["unset"] * 100 + ["changed"] * 100 + ["unset"]
+
+
+def test_kept_handle_whose_callback_set_nothing_shows_the_scheduling_context(loop):
+    token = var.set("at-schedule")
+    try:
+        kept = [loop.call_soon(lambda: None) for _ in range(3)]
+    finally:
+        var.reset(token)
+    run_queued(loop)
+    contexts = [context_of(h) for h in kept]
+    assert [c[var] for c in contexts] == ["at-schedule"] * 3
+    assert len({id(c) for c in contexts}) == 3
+    assert all(context_of(h) is c for h, c in zip(kept, contexts))
+
+
+def test_timers_held_by_the_program_are_collected_with_their_cycles(loop):
+    import gc
+    import weakref
+
+    class Owner:
+        def fire(self):
+            pass
+
+    refs = []
+    for _ in range(50):
+        owner = Owner()
+        owner.timer = loop.call_later(0, owner.fire)  # owner -> handle -> bound method -> owner
+        refs.append(weakref.ref(owner))
+        del owner
+    run_queued(loop)
+    run_queued(loop)
+    gc.collect()
+    assert [r() for r in refs] == [None] * 50

@@ -17,7 +17,9 @@
 //!   longer shared is entered directly;
 //! - `get_context()` returns one Context that is the handle's own: asked before the handle ran, it
 //!   first swaps its snapshot for a private copy; a handle still referenced when its callback
-//!   ends keeps the Context the callback ran in, with whatever the callback set in it.
+//!   ends keeps the Context the callback ran in if the callback set a variable in it (if not,
+//!   that Context equals the snapshot, and no Python code can hold the Context object it ran in:
+//!   `copy_context()` returns copies).
 //!
 //! Comparing mappings needs the Context's `ctx_vars` field, which CPython does not export. Its
 //! place is probed once at start-up (`vars_offset`): if the probe does not find the mapping where
@@ -238,9 +240,18 @@ impl ContextSlot {
         Ok((copy_of(ctx.bind(py))?, true))
     }
 
-    /// Keeps the Context a run used, so that `get_context()` shows what the callback set.
-    pub fn keep(&self, py: Python<'_>, ctx: Py<PyAny>) {
-        self.replace(py, ctx);
+    /// After a run in a fresh copy (`for_run`), keeps that copy if the callback set a variable
+    /// in it, so that `get_context()` shows it; otherwise the copy, identical to the snapshot,
+    /// is let go (a later `get_context()` makes an equal one).
+    pub fn keep_if_written(&self, py: Python<'_>, ran_in: Py<PyAny>) {
+        let Some(offset) = vars_offset(py) else {
+            return self.replace(py, ran_in);
+        };
+        // SAFETY: both are live Contexts and `offset` was validated by `probe`.
+        let written = unsafe { vars_at(ran_in.as_ptr(), offset) != vars_at(self.as_ptr(), offset) };
+        if written {
+            self.replace(py, ran_in);
+        }
     }
 
     pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

@@ -173,11 +173,17 @@ impl Handle {
     /// Called when the loop's queue lets go of `slf`: a handle created untracked is tracked
     /// again if anything else still references it.
     pub fn leave_queue(slf: &Bound<'_, Handle>) {
+        Handle::track_if_held(slf, 1);
+    }
+
+    /// Tracks `slf` if it is untracked and referenced beyond the `ours` references the caller
+    /// knows of (its own `Bound` included).
+    pub fn track_if_held(slf: &Bound<'_, Handle>, ours: isize) {
         let ptr = slf.as_ptr();
         // SAFETY: `ptr` is a live object (the Bound holds a reference) of a GC type; tracking it
         // only when it is untracked is what PyObject_GC_Track requires.
         unsafe {
-            if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            if ffi::Py_REFCNT(ptr) > ours && ffi::PyObject_GC_IsTracked(ptr) == 0 {
                 ffi::PyObject_GC_Track(ptr.cast());
             }
         }
@@ -237,10 +243,10 @@ impl Handle {
             unsafe { ffi::Py_DECREF(result) };
             Ok(())
         };
-        // Still referenced elsewhere, the handle keeps the Context its callback ran in.
+        // Still referenced elsewhere, the handle keeps what its callback set in its Context.
         // SAFETY: `slf` is a live object.
         if fresh && unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1 {
-            this.context.keep(py, context);
+            this.context.keep_if_written(py, context);
         }
         let Err(err) = outcome else {
             return Ok(());

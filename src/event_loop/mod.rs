@@ -51,6 +51,10 @@ pub struct LoopState {
     poller: Option<Arc<Poller>>,
     /// The socket pair whose write end is given to `signal.set_wakeup_fd` while running.
     signal_pair: Option<(OwnedFd, OwnedFd)>,
+    /// Timers scheduled since the current iteration began, each until the next one begins: those
+    /// then held outside the loop are tracked by the collector in creation order (see
+    /// `run::track_new_timers`).
+    new_timers: Vec<Py<Handle>>,
     /// The Context shared by handles scheduled without `context=` (see `context.rs`).
     snapshots: Snapshots,
     stopping: bool,
@@ -198,10 +202,9 @@ impl LoopCore {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_at", true)?;
         let handle = self.new_handle(py, callback, args, context, Some(when), true)?;
-        self.state
-            .borrow_mut(py)
-            .timers
-            .push(when, handle.clone().unbind());
+        let mut st = self.state.borrow_mut(py);
+        st.timers.push(when, handle.clone().unbind());
+        st.new_timers.push(handle.clone().unbind());
         Ok(handle)
     }
 
@@ -348,6 +351,7 @@ impl LoopCore {
                 events: Vec::new(),
                 poller: Some(Arc::new(poller)),
                 signal_pair: Some(signal_pair),
+                new_timers: Vec::new(),
                 snapshots: Snapshots::default(),
                 stopping: false,
                 thread_id: None,
@@ -414,16 +418,19 @@ impl LoopCore {
             st.poller = None;
             st.signal_pair = None;
             let snapshot = st.snapshots.clear();
+            let fresh = std::mem::take(&mut st.new_timers);
             let mut garbage = st.ready.drain();
             garbage.extend(st.timers.drain());
             for (_, entry) in st.io.drain() {
                 garbage.extend(entry.reader);
                 garbage.extend(entry.writer);
             }
-            (garbage, snapshot)
+            (garbage, snapshot, fresh)
         };
-        let (garbage, snapshot) = garbage;
+        let (garbage, snapshot, fresh) = garbage;
         drop(snapshot);
+        // Released first, so that `leave_queue` counts only references from outside.
+        drop(fresh);
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();
@@ -499,6 +506,7 @@ impl LoopCore {
                 let snapshot = st.snapshots.clear();
                 let mut garbage = st.ready.drain();
                 garbage.extend(st.timers.drain());
+                garbage.append(&mut st.new_timers);
                 for (fd, entry) in st.io.drain() {
                     if let Some(poller) = &st.poller {
                         let _ = poller.deregister(fd);

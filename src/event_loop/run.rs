@@ -70,6 +70,21 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
     garbage
 }
 
+/// Tracks, in the order they were made, the new timers something outside the loop holds.
+///
+/// Timers are created untracked (see `Handle::traverse_contents`) and one still referenced when
+/// it leaves the heap must be tracked then. But timers leave the heap in deadline order, which is
+/// not the order they sit in memory: tracked then, a program holding many timer handles would
+/// have the collector walk them in random memory order on every full collection, a cache miss
+/// per object per pass (measured: 8x the stock loop's time per object). So a timer held outside
+/// the loop (two references are the heap's and this list's) is tracked at the start of the next
+/// iteration instead, in creation order, as the stock loop's handles are.
+fn track_new_timers(py: Python<'_>, fresh: Vec<Py<Handle>>) {
+    for handle in &fresh {
+        Handle::track_if_held(handle.bind(py), 2);
+    }
+}
+
 /// What step 2 does.
 enum Wait {
     Skip,
@@ -165,6 +180,10 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let this = slf.get();
 
     let (plan, poller, mut events) = {
+        let mut st = this.state.borrow_mut(py);
+        let fresh = std::mem::take(&mut st.new_timers);
+        drop(st);
+        track_new_timers(py, fresh);
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
         let plan = plan_wait(&st);
