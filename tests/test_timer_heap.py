@@ -22,11 +22,21 @@ def test_heap_is_compacted_when_most_timers_are_cancelled(ferro_loop):
 
 def test_small_heap_only_drops_cancelled_head(ferro_loop):
     handles = [ferro_loop.call_later(100 + i, lambda: None) for i in range(10)]
+    run_one_iteration(ferro_loop)  # the new timers join the heap
     for handle in handles[:3] + handles[5:]:
         handle.cancel()
     run_one_iteration(ferro_loop)
     # Below 100 timers there is no compaction: only the cancelled timers at the head go.
     assert ferro_loop._queue_sizes()[1:3] == (7, 5)
+
+
+def test_timer_cancelled_before_its_first_iteration_never_joins_the_heap(ferro_loop):
+    handles = [ferro_loop.call_later(100 + i, lambda: None) for i in range(10)]
+    for handle in handles[3:]:
+        handle.cancel()
+    assert ferro_loop._queue_sizes()[1:3] == (10, 7)
+    run_one_iteration(ferro_loop)
+    assert ferro_loop._queue_sizes()[1:3] == (3, 0)
 
 
 def test_cancelling_a_fired_timer_is_not_counted(ferro_loop):

@@ -44,6 +44,14 @@ impl<T> ReadyQueue<T> {
         self.items.len()
     }
 
+    /// Puts `items`, in order, at `index` (0 is the front): where an interrupted iteration
+    /// leaves the callbacks it had not reached.
+    pub fn insert_at(&mut self, index: usize, items: Vec<T>) {
+        let tail = self.items.split_off(index.min(self.items.len()));
+        self.items.extend(items);
+        self.items.extend(tail);
+    }
+
     /// Removes every item, returning them in order; gives the memory back.
     pub fn drain(&mut self) -> Vec<T> {
         let items = std::mem::take(&mut self.items);
@@ -58,6 +66,18 @@ impl<T> ReadyQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_at_keeps_both_orders() {
+        let mut q = ReadyQueue::new();
+        for i in [1, 2, 5, 6] {
+            q.push(i);
+        }
+        q.insert_at(2, vec![3, 4]);
+        q.insert_at(0, vec![0]);
+        q.insert_at(99, vec![7]);
+        assert_eq!(q.drain(), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+    }
 
     #[test]
     fn fifo() {

@@ -51,9 +51,9 @@ pub struct LoopState {
     poller: Option<Arc<Poller>>,
     /// The socket pair whose write end is given to `signal.set_wakeup_fd` while running.
     signal_pair: Option<(OwnedFd, OwnedFd)>,
-    /// Timers scheduled since the current iteration began, each until the next one begins: those
-    /// then held outside the loop are tracked by the collector in creation order (see
-    /// `run::track_new_timers`).
+    /// Timers scheduled since the current iteration began. They join the heap when the next
+    /// one begins (see `run::merge_new_timers`), so the timers an iteration runs are exactly
+    /// those in the heap when it began.
     new_timers: Vec<Py<Handle>>,
     /// The Context shared by handles scheduled without `context=` (see `context.rs`).
     snapshots: Snapshots,
@@ -202,9 +202,10 @@ impl LoopCore {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_at", true)?;
         let handle = self.new_handle(py, callback, args, context, Some(when), true)?;
-        let mut st = self.state.borrow_mut(py);
-        st.timers.push(when, handle.clone().unbind());
-        st.new_timers.push(handle.clone().unbind());
+        self.state
+            .borrow_mut(py)
+            .new_timers
+            .push(handle.clone().unbind());
         Ok(handle)
     }
 
@@ -427,10 +428,9 @@ impl LoopCore {
             }
             (garbage, snapshot, fresh)
         };
-        let (garbage, snapshot, fresh) = garbage;
+        let (mut garbage, snapshot, fresh) = garbage;
         drop(snapshot);
-        // Released first, so that `leave_queue` counts only references from outside.
-        drop(fresh);
+        garbage.extend(fresh);
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();
@@ -466,13 +466,13 @@ impl LoopCore {
         self.remove_io(py, fd, true)
     }
 
-    /// Counts for tests and introspection: ready callbacks, timers in the heap (cancelled ones
-    /// included), cancelled timers in the heap, registered fds.
+    /// Counts for tests and introspection: ready callbacks, pending timers (cancelled ones
+    /// included), cancelled pending timers, registered fds.
     fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize, usize, usize) {
         let st = self.state.borrow(py);
         (
             st.ready.len(),
-            st.timers.len(),
+            st.timers.len() + st.new_timers.len(),
             self.shared.cancelled_timers(),
             st.io.len(),
         )
@@ -485,6 +485,7 @@ impl LoopCore {
                 .ready
                 .iter()
                 .chain(st.timers.iter())
+                .chain(st.new_timers.iter())
                 .chain(st.io.handles())
             {
                 // SAFETY: `h` is a live object; the query has no other precondition.

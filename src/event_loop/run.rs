@@ -1,5 +1,6 @@
 //! One iteration of the loop, as the stock `BaseEventLoop._run_once` defines it:
 //!
+//! 0. move the timers scheduled since the last iteration into the heap;
 //! 1. drop cancelled timers from the head of the heap, or compact the whole heap when more than
 //!    half of more than 100 timers are cancelled;
 //! 2. wait for I/O: not at all if callbacks are ready (or the loop is stopping) and no fd is
@@ -8,9 +9,13 @@
 //!    (or forever). Only a wait that can block releases the GIL. A signal ends a wait: the wake-up
 //!    socket given to `signal.set_wakeup_fd` becomes readable (or the wait fails with `EINTR`),
 //!    and the Python signal handlers run at once, so Ctrl-C interrupts a waiting loop;
-//! 3. queue the handles of ready fds, then every timer whose deadline has passed;
-//! 4. run the handles that were queued when this step began, in order, skipping cancelled ones.
-//!    What they schedule runs in the next iteration.
+//! 3. queue the handles of ready fds;
+//! 4. run the handles that were queued when this step began, in order, skipping cancelled ones,
+//!    then every timer whose deadline had passed at that moment, in deadline order. What they
+//!    schedule runs in the next iteration (new timers join the heap when it begins: step 0).
+//!    One difference can be seen from Python: a due timer's private `_scheduled` flag turns
+//!    false when the timer's turn comes, where the stock loop clears it for all of them before
+//!    running the first callback.
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
@@ -70,19 +75,39 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
     garbage
 }
 
-/// Tracks, in the order they were made, the new timers something outside the loop holds.
+/// Moves the timers scheduled during the last iteration into the heap (step 0).
 ///
-/// Timers are created untracked (see `Handle::traverse_contents`) and one still referenced when
-/// it leaves the heap must be tracked then. But timers leave the heap in deadline order, which is
-/// not the order they sit in memory: tracked then, a program holding many timer handles would
-/// have the collector walk them in random memory order on every full collection, a cache miss
-/// per object per pass (measured: 8x the stock loop's time per object). So a timer held outside
-/// the loop (two references are the heap's and this list's) is tracked at the start of the next
-/// iteration instead, in creation order, as the stock loop's handles are.
-fn track_new_timers(py: Python<'_>, fresh: Vec<Py<Handle>>) {
-    for handle in &fresh {
-        Handle::track_if_held(handle.bind(py), 2);
+/// Each is tracked by the collector first if something outside the loop holds it. Timers are
+/// created untracked (see `Handle::traverse_contents`), and one still referenced when it leaves
+/// the heap must be tracked by then. Tracked when it leaves, in deadline order, which is not the
+/// order timers sit in memory, a program holding many timer handles would have the collector walk
+/// them in random memory order on every full collection, a cache miss per object per pass
+/// (measured: 8x the stock loop's time per object); tracked here, it is in creation order, as
+/// the stock loop's handles are. A timer already cancelled is dropped instead.
+fn merge_new_timers(py: Python<'_>, this: &LoopCore) {
+    let fresh = std::mem::take(&mut this.state.borrow_mut(py).new_timers);
+    if fresh.is_empty() {
+        return;
     }
+    let mut cancelled = Vec::new();
+    let mut live = Vec::with_capacity(fresh.len());
+    for handle in fresh {
+        Handle::leave_queue(handle.bind(py));
+        if handle.get().is_cancelled() {
+            handle.get().unschedule();
+            this.shared.forget_cancelled(1);
+            cancelled.push(handle);
+        } else {
+            live.push(handle);
+        }
+    }
+    let mut st = this.state.borrow_mut(py);
+    for handle in live {
+        let when = handle.get().when_value();
+        st.timers.push(when, handle);
+    }
+    drop(st);
+    drop(cancelled);
 }
 
 /// What step 2 does.
@@ -180,10 +205,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let this = slf.get();
 
     let (plan, poller, mut events) = {
-        let mut st = this.state.borrow_mut(py);
-        let fresh = std::mem::take(&mut st.new_timers);
-        drop(st);
-        track_new_timers(py, fresh);
+        merge_new_timers(py, this);
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
         let plan = plan_wait(&st);
@@ -213,43 +235,92 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         this.state.borrow_mut(py).events = events;
     }
 
-    let ntodo = {
-        let mut st = this.state.borrow_mut(py);
-        let now = clock::monotonic();
-        while let Some(handle) = st.timers.pop_due(now) {
-            handle.get().unschedule();
-            if handle.get().is_cancelled() {
-                this.shared.forget_cancelled(1);
-            }
-            st.ready.push(handle);
-        }
-        st.ready.begin_iteration()
+    let (ntodo, now) = {
+        let st = this.state.borrow(py);
+        (st.ready.begin_iteration(), clock::monotonic())
     };
 
-    let event_loop = slf.as_any();
-    for _ in 0..ntodo {
+    for done in 0..ntodo {
+        let Some(handle) = next_ready(py, this) else {
+            break;
+        };
+        if let Err(err) = run_handle(slf, &handle) {
+            requeue_due_timers(py, this, now, ntodo - done - 1);
+            return Err(err);
+        }
+    }
+
+    // The timers due at `now`. The stock loop moves them to the ready queue behind the callbacks
+    // above and runs them in the same pass; popping each only when its turn comes runs them in
+    // the same order and reads each handle once, while it is in the cache. Timers scheduled in
+    // this iteration wait in `new_timers`, so the heap holds exactly the stock loop's set.
+    loop {
         let (handle, retired) = {
             let mut st = this.state.borrow_mut(py);
-            let Some(handle) = st.ready.pop() else {
+            let Some(handle) = st.timers.pop_due(now) else {
                 break;
             };
-            // About to be entered: no longer offered to new handles (see `context.rs`).
             let retired = st.snapshots.retire(handle.get().context_ptr());
             (handle, retired)
         };
         drop(retired);
         let handle = handle.into_bound(py);
-        let result = if handle.get().is_cancelled() {
-            Ok(())
-        } else if this.shared.debug() {
-            run_timed(slf, &handle)
-        } else {
-            Handle::run(&handle, event_loop)
-        };
-        Handle::leave_queue(&handle);
-        result?;
+        let timer = handle.get();
+        timer.unschedule();
+        if timer.is_cancelled() {
+            this.shared.forget_cancelled(1);
+            Handle::leave_queue(&handle);
+            continue;
+        }
+        if let Err(err) = run_handle(slf, &handle) {
+            requeue_due_timers(py, this, now, 0);
+            return Err(err);
+        }
     }
     Ok(())
+}
+
+/// The next ready handle, no longer offered its Context snapshot to new handles (it is about to
+/// be entered; see `context.rs`).
+fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle>> {
+    let (handle, retired) = {
+        let mut st = this.state.borrow_mut(py);
+        let handle = st.ready.pop()?;
+        let retired = st.snapshots.retire(handle.get().context_ptr());
+        (handle, retired)
+    };
+    drop(retired);
+    Some(handle.into_bound(py))
+}
+
+/// Runs one handle of this iteration (skipping a cancelled one), then lets the queue go of it.
+fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    let this = slf.get();
+    let result = if handle.get().is_cancelled() {
+        Ok(())
+    } else if this.shared.debug() {
+        run_timed(slf, handle)
+    } else {
+        Handle::run(handle, slf.as_any())
+    };
+    Handle::leave_queue(handle);
+    result
+}
+
+/// When a callback's exception ends an iteration early, puts the timers that were due into the
+/// ready queue where the stock loop had them: after the `not_run` callbacks the iteration had not
+/// reached, before anything scheduled since.
+fn requeue_due_timers(py: Python<'_>, this: &LoopCore, now: f64, not_run: usize) {
+    let mut st = this.state.borrow_mut(py);
+    let mut due = Vec::new();
+    while let Some(handle) = st.timers.pop_due(now) {
+        handle.get().unschedule();
+        if handle.get().is_cancelled() {
+            this.shared.forget_cancelled(1);
+        }
+        due.push(handle);
+    }
+    st.ready.insert_at(not_run, due);
 }
 
 /// Debug mode: runs the handle as the loop's `_current_handle` and logs it if it took `slow_callback_duration` or longer.
