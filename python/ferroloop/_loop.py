@@ -193,25 +193,6 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
 
     # -- futures and tasks -----------------------------------------------------------------
 
-    def create_future(self):
-        return futures.Future(loop=self)
-
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Wraps a coroutine in a task (CPython's C `asyncio.Task`, or the task factory's)."""
-        self._check_closed()
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-            return task
-        if context is None:
-            task = self._task_factory(self, coro, **kwargs)
-        else:
-            task = self._task_factory(self, coro, context=context, **kwargs)
-        if name is not None:
-            task.set_name(name)
-        return task
-
     def set_task_factory(self, factory):
         if factory is not None and not callable(factory):
             raise TypeError("task factory must be a callable or None")

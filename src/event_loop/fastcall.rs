@@ -15,6 +15,7 @@ use std::ffi::{c_char, CStr};
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
@@ -43,15 +44,44 @@ fn parse<'a, 'py>(
     method: &str,
     params: &[&str],
     positional: &'a [Borrowed<'a, 'py, PyAny>],
-    keywords: &[(Bound<'py, PyString>, Borrowed<'a, 'py, PyAny>)],
+    keywords: Option<(Borrowed<'a, 'py, PyTuple>, &'a [Borrowed<'a, 'py, PyAny>])>,
 ) -> PyResult<Parsed<'a, 'py>> {
+    if positional.len() >= params.len() {
+        // The common calls: everything positional, or that and `context=` alone (as the C Task
+        // and Future pass it, with the interned name, so a pointer comparison settles it).
+        let context = match keywords {
+            None => Some(None),
+            Some((names, [value])) => names
+                .get_borrowed_item(0)
+                .ok()
+                .filter(|name| name.as_ptr() == intern!(name.py(), "context").as_ptr())
+                .map(|_| Some(*value)),
+            Some(_) => None,
+        };
+        if let Some(context) = context {
+            let mut leading = [None, None];
+            for (slot, value) in leading.iter_mut().zip(positional).take(params.len()) {
+                *slot = Some(*value);
+            }
+            return Ok(Parsed {
+                leading,
+                rest: &positional[params.len()..],
+                context,
+            });
+        }
+    }
     let mut leading = [None, None];
     let split = positional.len().min(params.len());
     for (slot, value) in leading.iter_mut().zip(&positional[..split]) {
         *slot = Some(*value);
     }
     let mut context = None;
-    for (name, value) in keywords {
+    let (names, values) = match keywords {
+        Some((names, values)) => (Some(names), values),
+        None => (None, &[][..]),
+    };
+    for (name, value) in names.iter().flat_map(|n| n.iter()).zip(values) {
+        let name = name.cast_into::<PyString>()?;
         let name = name.to_str()?;
         if name == "context" {
             context = Some(*value);
@@ -139,18 +169,14 @@ unsafe fn entry<'py>(
         unsafe { std::slice::from_raw_parts(args.cast(), total) }
     };
     let npos = nargs as usize;
-    let keywords: Vec<(Bound<'py, PyString>, Borrowed<'_, 'py, PyAny>)> = if nkw == 0 {
-        Vec::new()
+    let keywords = if nkw == 0 {
+        None
     } else {
         // SAFETY: a non-NULL `kwnames` is a live tuple of str.
         let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
-        names
-            .iter()
-            .zip(&all[npos..])
-            .map(|(name, value)| Ok((name.cast_into::<PyString>()?, *value)))
-            .collect::<PyResult<_>>()?
+        Some((names, &all[npos..]))
     };
-    let parsed = parse(method, params, &all[..npos], &keywords)?;
+    let parsed = parse(method, params, &all[..npos], keywords)?;
     Ok(body(&slf, parsed)?.into_ptr())
 }
 

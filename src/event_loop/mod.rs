@@ -20,8 +20,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use args::CallArgs;
@@ -39,6 +41,10 @@ use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
 
+/// `asyncio.futures.Future` and `asyncio.tasks.Task` (the C types), looked up once.
+static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static TASK_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
 /// The poller token of the signal wake-up socket (the waker's is `u64::MAX`).
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
@@ -55,6 +61,9 @@ pub struct LoopState {
     /// one begins (see `run::merge_new_timers`), so the timers an iteration runs are exactly
     /// those in the heap when it began.
     new_timers: Vec<Py<Handle>>,
+    /// `{"loop": <this loop>}`, reused as the keywords of every `Future(loop=...)` and plain
+    /// `Task(coro, loop=...)` (their constructors only read it): a dict per call saved.
+    loop_kwargs: Option<Py<PyDict>>,
     /// The Context shared by handles scheduled without `context=` (see `context.rs`).
     snapshots: Snapshots,
     stopping: bool,
@@ -104,6 +113,18 @@ fn add_seconds(base: f64, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
 }
 
 impl LoopCore {
+    /// The shared `{"loop": self}` (see `LoopState::loop_kwargs`).
+    fn loop_kwargs<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        if let Some(kwargs) = &slf.get().state.borrow(py).loop_kwargs {
+            return Ok(kwargs.bind(py).clone());
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), slf)?;
+        slf.get().state.borrow_mut(py).loop_kwargs = Some(kwargs.clone().unbind());
+        Ok(kwargs)
+    }
+
     fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
         if self.state.borrow(py).poller.is_none() {
             return Err(closed_error());
@@ -353,6 +374,7 @@ impl LoopCore {
                 poller: Some(Arc::new(poller)),
                 signal_pair: Some(signal_pair),
                 new_timers: Vec::new(),
+                loop_kwargs: None,
                 snapshots: Snapshots::default(),
                 stopping: false,
                 thread_id: None,
@@ -374,6 +396,70 @@ impl LoopCore {
 
     fn is_running(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).thread_id.is_some()
+    }
+
+    /// Wraps a coroutine in a task: CPython's C `asyncio.Task`, or the task factory's. Extra
+    /// keywords (newer Pythons' `eager_start`, ...) are passed through.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let factory = slf.getattr(intern!(py, "_task_factory"))?;
+        let kwargs = match kwargs {
+            Some(k) if !k.is_empty() => Some(k),
+            _ => None,
+        };
+        if !factory.is_none() {
+            let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
+            if let Some(ctx) = context.filter(|c| !c.is_none()) {
+                kw.set_item(intern!(py, "context"), ctx)?;
+            }
+            let task = factory.call((slf, coro), Some(&kw))?;
+            if let Some(name) = name.filter(|n| !n.is_none()) {
+                task.call_method1(intern!(py, "set_name"), (name,))?;
+            }
+            return Ok(task);
+        }
+        let plain = name.as_ref().is_none_or(|n| n.is_none())
+            && context.as_ref().is_none_or(|c| c.is_none())
+            && kwargs.is_none();
+        let kw = if plain {
+            // `name` and `context` default to None: `loop=` alone is the same call.
+            LoopCore::loop_kwargs(slf)?
+        } else {
+            let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
+            kw.set_item(intern!(py, "loop"), slf)?;
+            kw.set_item(intern!(py, "name"), name)?;
+            kw.set_item(intern!(py, "context"), context)?;
+            kw
+        };
+        let task = TASK_TYPE
+            .import(py, "asyncio.tasks", "Task")?
+            .call((coro,), Some(&kw))?;
+        if this.shared.debug() {
+            // As the stock loop: the source traceback ends at the caller, not here.
+            let source = task.getattr(intern!(py, "_source_traceback"))?;
+            if source.is_truthy()? {
+                source.del_item(-1)?;
+            }
+        }
+        Ok(task)
+    }
+
+    /// `asyncio.Future(loop=self)`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kwargs = LoopCore::loop_kwargs(slf)?;
+        FUTURE_TYPE
+            .import(py, "asyncio.futures", "Future")?
+            .call((), Some(&kwargs))
     }
 
     fn is_closed(&self, py: Python<'_>) -> bool {
@@ -481,6 +567,7 @@ impl LoopCore {
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow_in_gc() {
             st.snapshots.visit(&visit)?;
+            visit.call(&st.loop_kwargs)?;
             for h in st
                 .ready
                 .iter()
@@ -504,7 +591,7 @@ impl LoopCore {
         Python::attach(|py| {
             let garbage = {
                 let mut st = self.state.borrow_mut(py);
-                let snapshot = st.snapshots.clear();
+                let snapshot = (st.snapshots.clear(), st.loop_kwargs.take());
                 let mut garbage = st.ready.drain();
                 garbage.extend(st.timers.drain());
                 garbage.append(&mut st.new_timers);

@@ -19,6 +19,7 @@
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -204,21 +205,24 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
 
-    let (plan, poller, mut events) = {
+    let poll = {
         merge_new_timers(py, this);
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
-        let plan = plan_wait(&st);
-        let poller = st.poller.clone();
-        let events = std::mem::take(&mut st.events);
+        let poll = match (plan_wait(&st), &st.poller) {
+            (Wait::Poll(timeout), Some(poller)) => {
+                Some((timeout, Arc::clone(poller), std::mem::take(&mut st.events)))
+            }
+            _ => None,
+        };
         drop(st);
         for handle in garbage {
             Handle::leave_queue(handle.bind(py));
         }
-        (plan, poller, events)
+        poll
     };
 
-    if let (Wait::Poll(timeout), Some(poller)) = (plan, poller) {
+    if let Some((timeout, poller, mut events)) = poll {
         let interrupted = wait(py, &poller, &mut events, timeout)?;
         let (signalled, stale) = {
             let mut st = this.state.borrow_mut(py);
@@ -231,13 +235,13 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if interrupted || signalled {
             py.check_signals()?;
         }
-    } else {
-        this.state.borrow_mut(py).events = events;
     }
 
+    // No timer joins the heap before the next iteration, so an empty heap needs no clock read.
     let (ntodo, now) = {
         let st = this.state.borrow(py);
-        (st.ready.begin_iteration(), clock::monotonic())
+        let now = (!st.timers.is_empty()).then(clock::monotonic);
+        (st.ready.begin_iteration(), now)
     };
 
     for done in 0..ntodo {
@@ -245,7 +249,9 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             break;
         };
         if let Err(err) = run_handle(slf, &handle) {
-            requeue_due_timers(py, this, now, ntodo - done - 1);
+            if let Some(now) = now {
+                requeue_due_timers(py, this, now, ntodo - done - 1);
+            }
             return Err(err);
         }
     }
@@ -254,6 +260,9 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     // above and runs them in the same pass; popping each only when its turn comes runs them in
     // the same order and reads each handle once, while it is in the cache. Timers scheduled in
     // this iteration wait in `new_timers`, so the heap holds exactly the stock loop's set.
+    let Some(now) = now else {
+        return Ok(());
+    };
     loop {
         let (handle, retired) = {
             let mut st = this.state.borrow_mut(py);
