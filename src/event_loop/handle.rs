@@ -14,12 +14,8 @@
 //! Handles are kept small (a million may be queued): no borrow flag, no weak-reference slot,
 //! debug-only data out of line, and only timers hold the `LoopShared` pointer.
 //!
-//! Both classes keep a freelist. Besides saving the allocator, it keeps handles out of the
-//! collector's accounting: every allocation of a GC object counts towards the next young
-//! collection and every free counts back, so a loop turning over thousands of timers and task
-//! wake-ups would otherwise trigger young collections that find thousands of live tasks,
-//! coroutines and futures to walk. A handle taken from the freelist starts untracked; `create`
-//! sets the tracking each kind of handle needs.
+//! Both classes recycle freed objects (`freelist.rs`); a recycled handle starts untracked by the
+//! collector, and `create` sets the tracking each kind of handle needs.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +82,7 @@ impl CallbackSlot {
     }
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass, freelist = 8192)]
+#[pyclass(module = "ferroloop", frozen, subclass)]
 pub struct Handle {
     callback: CallbackSlot,
     context: ContextSlot,
@@ -101,7 +97,7 @@ pub struct Handle {
 }
 
 /// A handle scheduled for a time; `when()` gives it.
-#[pyclass(module = "ferroloop", frozen, extends = Handle, freelist = 8192)]
+#[pyclass(module = "ferroloop", frozen, extends = Handle)]
 pub struct TimerHandle;
 
 /// Everything a new handle needs; built by the loop's scheduling methods.
@@ -156,7 +152,7 @@ impl<'py> NewHandle<'py> {
         let ptr = handle.as_ptr();
         // SAFETY: `ptr` is a live object of a GC type (PyO3 gives every pyclass
         // Py_TPFLAGS_HAVE_GC), just created: tracked if it was freshly allocated, untracked if it
-        // came from the freelist. UnTrack accepts an untracked object and Track is called only on
+        // came from a free list. UnTrack accepts an untracked object and Track is called only on
         // an untracked one, as each requires; the type's dealloc untracks either way.
         unsafe {
             if queued_only {

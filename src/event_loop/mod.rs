@@ -10,6 +10,7 @@
 mod args;
 mod context;
 mod fastcall;
+mod freelist;
 mod handle;
 mod hooks;
 mod io;
@@ -29,6 +30,7 @@ use pyo3::PyTraverseError;
 use args::CallArgs;
 use context::{ContextSlot, Snapshots};
 pub use fastcall::install as install_fast_methods;
+pub use freelist::install as install_free_lists;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
 use io::IoRegistry;
