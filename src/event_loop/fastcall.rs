@@ -59,10 +59,11 @@ fn parse<'a, 'py>(
             Some(_) => None,
         };
         if let Some(context) = context {
-            let mut leading = [None, None];
-            for (slot, value) in leading.iter_mut().zip(positional).take(params.len()) {
-                *slot = Some(*value);
-            }
+            let n = params.len();
+            let leading = [
+                positional.first().copied().filter(|_| n > 0),
+                positional.get(1).copied().filter(|_| n > 1),
+            ];
             return Ok(Parsed {
                 leading,
                 rest: &positional[params.len()..],
