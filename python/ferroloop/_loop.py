@@ -70,6 +70,20 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._set_debug(coroutines._is_debug_mode())
+        self._prebind_c_callees()
+
+    def _prebind_c_callees(self):
+        """Keep bound methods of what CPython's C Future and Task call on the loop.
+
+        For every future they call `loop.get_debug()`, and for every callback `loop.call_soon()`,
+        looking the method up by name: each call makes a bound-method object, a garbage-collected
+        allocation. A bound method stored in the instance dict is found by that lookup first and
+        reused. Only methods a subclass has not overridden are bound, so an override still wins.
+        """
+        cls = type(self)
+        for name in ("call_soon", "get_debug"):
+            if getattr(cls, name) is getattr(_core.LoopCore, name):
+                setattr(self, name, getattr(super(), name))
 
     def __repr__(self):
         return (
