@@ -7,6 +7,14 @@
 //! timers and task wake-ups triggers young collections that walk thousands of live tasks,
 //! coroutines and futures.
 //!
+//! A handle allocated fresh (the list is empty) is not counted either: the memory is taken with
+//! `PyObject_Malloc` and a zeroed (untracked) two-word GC header in front, which is what
+//! `PyType_GenericAlloc` does for these classes, minus the count. The collector still sees
+//! every handle that is tracked (tracking does not depend on how the memory was obtained); the
+//! count only decides when young collections run, and handles, which mostly live for one
+//! iteration, are not what those collections are for. This layout is checked once at start-up
+//! (`install`); where it does not hold, fresh handles come from `PyType_GenericAlloc`.
+//!
 //! PyO3's own `#[pyclass(freelist)]` guards its list with a mutex; these lists are guarded by
 //! the GIL instead (`tp_alloc` and `tp_free` are only ever called with it held), which saves two
 //! atomic operations per handle. `install` puts the two functions in the `tp_alloc`/`tp_free`
@@ -16,7 +24,7 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -28,9 +36,15 @@ use super::handle::{Handle, TimerHandle};
 /// (about 0.8 MB each) to keep for good.
 const CAPACITY: usize = 8192;
 
+/// The bytes CPython puts in front of a GC object without a managed dict or weak-reference slot:
+/// `PyGC_Head`, two words.
+const GC_HEAD: usize = 2 * std::mem::size_of::<usize>();
+
 struct FreeList {
     /// The class whose exact instances this list recycles.
     class: AtomicPtr<ffi::PyTypeObject>,
+    /// Whether fresh instances are allocated with a bare GC header (see the module doc).
+    uncounted: AtomicBool,
     objects: UnsafeCell<Vec<*mut ffi::PyObject>>,
 }
 
@@ -42,6 +56,7 @@ impl FreeList {
     const fn new() -> FreeList {
         FreeList {
             class: AtomicPtr::new(std::ptr::null_mut()),
+            uncounted: AtomicBool::new(false),
             objects: UnsafeCell::new(Vec::new()),
         }
     }
@@ -64,6 +79,10 @@ impl FreeList {
                 unsafe { ffi::PyObject_Init(obj, subtype) };
                 return obj;
             }
+            if self.uncounted.load(Ordering::Relaxed) {
+                // SAFETY: as the caller's contract; see `alloc_uncounted`.
+                return unsafe { alloc_uncounted(subtype) };
+            }
         }
         // SAFETY: the default allocation for a GC type, with the caller's arguments.
         unsafe { ffi::PyType_GenericAlloc(subtype, nitems) }
@@ -77,11 +96,64 @@ impl FreeList {
         let objects = unsafe { &mut *self.objects.get() };
         if objects.len() < CAPACITY {
             objects.push(obj.cast());
+        } else if self.uncounted.load(Ordering::Relaxed) {
+            // SAFETY: allocated by `alloc_uncounted` (or recycled from such memory): the block
+            // starts GC_HEAD bytes before the object.
+            unsafe { ffi::PyObject_Free(obj.cast::<u8>().sub(GC_HEAD).cast()) };
         } else {
             // SAFETY: the memory was allocated by PyType_GenericAlloc for a GC type.
             unsafe { ffi::PyObject_GC_Del(obj) };
         }
     }
+}
+
+/// A zeroed instance of `subtype` behind a zeroed (untracked) GC header, as
+/// `PyType_GenericAlloc` makes it, without counting it as a GC allocation.
+///
+/// # Safety
+/// The GIL is held; `subtype` is a live GC type without a managed dict or weak-reference slot
+/// (checked by `install`), so its instances are preceded by exactly `GC_HEAD` bytes.
+unsafe fn alloc_uncounted(subtype: *mut ffi::PyTypeObject) -> *mut ffi::PyObject {
+    // SAFETY: reading the size of a live type object.
+    let size = GC_HEAD + unsafe { (*subtype).tp_basicsize } as usize;
+    // SAFETY: a plain allocation under the GIL; NULL is handled below.
+    let mem = unsafe { ffi::PyObject_Malloc(size) }.cast::<u8>();
+    if mem.is_null() {
+        // SAFETY: sets MemoryError and returns NULL, as an allocator must on failure.
+        return unsafe { ffi::PyErr_NoMemory() };
+    }
+    // SAFETY: `mem` is `size` writable bytes; the object starts after the header, and
+    // PyObject_Init gives it its type and first reference.
+    unsafe {
+        std::ptr::write_bytes(mem, 0, size);
+        let obj = mem.add(GC_HEAD).cast::<ffi::PyObject>();
+        ffi::PyObject_Init(obj, subtype);
+        obj
+    }
+}
+
+/// False on a free-threaded CPython (3.13t+), whose objects carry their GC state in the header.
+fn gil_enabled(py: Python<'_>) -> bool {
+    py.import("sys")
+        .and_then(|sys| sys.getattr("_is_gil_enabled"))
+        .and_then(|f| f.call0())
+        .and_then(|v| v.extract::<bool>())
+        .unwrap_or(true)
+}
+
+/// Whether `ty`'s instances have exactly the bare GC header in front, on a CPython whose header
+/// is known to be two words (3.8 to 3.14, with the GIL).
+fn bare_gc_header(py: Python<'_>, ty: *mut ffi::PyTypeObject) -> bool {
+    let version = py.version_info();
+    // Managed dict (1 << 4) and managed weak reference (1 << 3, 3.12+) add words in front.
+    const PREHEADER_FLAGS: std::ffi::c_ulong = (1 << 4) | (1 << 3);
+    // SAFETY: reading the flags of a live type object.
+    let flags = unsafe { (*ty).tp_flags };
+    (3, 8) <= (version.major, version.minor)
+        && (version.major, version.minor) <= (3, 14)
+        && gil_enabled(py)
+        && flags & ffi::Py_TPFLAGS_HAVE_GC != 0
+        && flags & PREHEADER_FLAGS == 0
 }
 
 static HANDLES: FreeList = FreeList::new();
@@ -120,6 +192,12 @@ pub fn install(py: Python<'_>) {
     let timer = TimerHandle::type_object_raw(py);
     HANDLES.class.store(handle, Ordering::Relaxed);
     TIMERS.class.store(timer, Ordering::Relaxed);
+    HANDLES
+        .uncounted
+        .store(bare_gc_header(py, handle), Ordering::Relaxed);
+    TIMERS
+        .uncounted
+        .store(bare_gc_header(py, timer), Ordering::Relaxed);
     // SAFETY: the GIL is held and both are live type objects with no instances yet, so no
     // object is allocated by one function and freed by another; both slots are plain function
     // pointers CPython reads at each allocation and PyO3 at each deallocation.
