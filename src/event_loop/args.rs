@@ -10,7 +10,6 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use pyo3::PyTraverseError;
 
 pub enum CallArgs {
     Zero,
@@ -40,11 +39,31 @@ impl CallArgs {
         }
     }
 
-    pub fn clone_ref(&self, py: Python<'_>) -> CallArgs {
+    /// For storage in a handle: the object kept (the one argument, or the tuple of several),
+    /// and whether it is the tuple of several.
+    pub fn into_parts(self) -> (Option<Py<PyAny>>, bool) {
         match self {
-            CallArgs::Zero => CallArgs::Zero,
-            CallArgs::One(one) => CallArgs::One(one.clone_ref(py)),
-            CallArgs::Many(many) => CallArgs::Many(many.clone_ref(py)),
+            CallArgs::Zero => (None, false),
+            CallArgs::One(one) => (Some(one), false),
+            CallArgs::Many(many) => (Some(many.into_any()), true),
+        }
+    }
+
+    /// Back from `into_parts` (new references).
+    ///
+    /// # Safety
+    /// `many` is true only for an object `into_parts` gave with `many` true: a tuple.
+    pub unsafe fn from_parts(py: Python<'_>, kept: Option<&Py<PyAny>>, many: bool) -> CallArgs {
+        match (kept, many) {
+            (None, _) => CallArgs::Zero,
+            (Some(one), false) => CallArgs::One(one.clone_ref(py)),
+            // SAFETY: per the contract, the object is a tuple.
+            (Some(many), true) => CallArgs::Many(unsafe {
+                many.clone_ref(py)
+                    .into_bound(py)
+                    .cast_into_unchecked::<PyTuple>()
+                    .unbind()
+            }),
         }
     }
 
@@ -84,14 +103,6 @@ impl CallArgs {
                     ffi::PyObject_Call(callback, many.as_ptr(), std::ptr::null_mut())
                 }
             }
-        }
-    }
-
-    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self {
-            CallArgs::Zero => Ok(()),
-            CallArgs::One(one) => visit.call(one),
-            CallArgs::Many(many) => visit.call(many),
         }
     }
 }

@@ -27,11 +27,12 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+
+use super::handle::Flags;
 
 /// Where `ctx_vars` sits in a Context: after the object header and the `ctx_prev` pointer.
 const CANDIDATE_OFFSET: usize = std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<usize>();
@@ -163,12 +164,10 @@ impl Snapshots {
     }
 }
 
-/// The handle's side: its Context and whether that Context is its own.
-pub struct ContextSlot {
-    ctx: UnsafeCell<Py<PyAny>>,
-    /// False while `ctx` may be a snapshot shared with other handles.
-    own: AtomicBool,
-}
+/// The handle's side: its Context. Whether that Context is the handle's own (not a snapshot
+/// other handles may share) is the handle's `CONTEXT_OWN` flag, kept with its other flags so the
+/// handle stays small.
+pub struct ContextSlot(UnsafeCell<Py<PyAny>>);
 
 // SAFETY: the cell is read and written only with the GIL held (every method takes a `Python`
 // token or runs in the collector's traverse, which holds it), and no access runs Python code
@@ -176,31 +175,21 @@ pub struct ContextSlot {
 unsafe impl Sync for ContextSlot {}
 
 impl ContextSlot {
-    /// A Context given with `context=`: the handle's own, entered as it is.
-    pub fn given(ctx: Py<PyAny>) -> ContextSlot {
-        ContextSlot {
-            ctx: UnsafeCell::new(ctx),
-            own: AtomicBool::new(true),
-        }
-    }
-
-    /// A snapshot from `Snapshots::take`, possibly shared.
-    pub fn snapshot(ctx: Py<PyAny>) -> ContextSlot {
-        ContextSlot {
-            ctx: UnsafeCell::new(ctx),
-            own: AtomicBool::new(false),
-        }
+    /// A Context given with `context=` (the handle's own, entered as it is; set `CONTEXT_OWN`),
+    /// or a snapshot from `Snapshots::take`, possibly shared.
+    pub fn new(ctx: Py<PyAny>) -> ContextSlot {
+        ContextSlot(UnsafeCell::new(ctx))
     }
 
     fn current(&self, py: Python<'_>) -> Py<PyAny> {
         // SAFETY: see the Sync impl: the shared reference lives only across one incref.
-        unsafe { (*self.ctx.get()).clone_ref(py) }
+        unsafe { (*self.0.get()).clone_ref(py) }
     }
 
-    fn replace(&self, _py: Python<'_>, ctx: Py<PyAny>) {
+    fn replace(&self, _py: Python<'_>, ctx: Py<PyAny>, flags: &Flags) {
         // SAFETY: see the Sync impl: no other reference into the cell is live.
-        let old = unsafe { std::mem::replace(&mut *self.ctx.get(), ctx) };
-        self.own.store(true, Ordering::Relaxed);
+        let old = unsafe { std::mem::replace(&mut *self.0.get(), ctx) };
+        flags.set(Flags::CONTEXT_OWN);
         // Dropped once the cell is written: freeing a Context can free its variables' values,
         // which can run arbitrary `__del__` code.
         drop(old);
@@ -208,33 +197,34 @@ impl ContextSlot {
 
     pub fn as_ptr(&self) -> *mut ffi::PyObject {
         // SAFETY: see the Sync impl; only the pointer value is read.
-        unsafe { (*self.ctx.get()).as_ptr() }
+        unsafe { (*self.0.get()).as_ptr() }
     }
 
     /// The handle's own Context, for `get_context()`: a shared snapshot is first swapped for a
     /// private copy.
-    pub fn own(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub fn own(&self, py: Python<'_>, flags: &Flags) -> PyResult<Py<PyAny>> {
         let ctx = self.current(py);
-        if self.own.load(Ordering::Relaxed) {
+        if flags.has(Flags::CONTEXT_OWN) {
             return Ok(ctx);
         }
         let copy = copy_of(ctx.bind(py))?;
-        self.replace(py, copy.clone_ref(py));
+        self.replace(py, copy.clone_ref(py), flags);
         Ok(copy)
     }
 
-    /// The Context to enter for a run, and whether it is a fresh copy (to keep with `keep` if the
-    /// handle outlives the run). The loop has already stopped offering the snapshot to new
-    /// handles (`Snapshots::retire`), so a snapshot nobody else holds is this handle's alone.
-    pub fn for_run(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, bool)> {
+    /// The Context to enter for a run, and whether it is a fresh copy (to keep with
+    /// `keep_if_written` if the handle outlives the run). The loop has already stopped offering
+    /// the snapshot to new handles (`Snapshots::retire`), so a snapshot nobody else holds is this
+    /// handle's alone.
+    pub fn for_run(&self, py: Python<'_>, flags: &Flags) -> PyResult<(Py<PyAny>, bool)> {
         let ctx = self.current(py);
-        if self.own.load(Ordering::Relaxed) {
+        if flags.has(Flags::CONTEXT_OWN) {
             return Ok((ctx, false));
         }
         // Two references, the cell's and `ctx`, mean no other handle shares it.
         // SAFETY: `ctx` is a live object.
         if unsafe { ffi::Py_REFCNT(ctx.as_ptr()) } <= 2 {
-            self.own.store(true, Ordering::Relaxed);
+            flags.set(Flags::CONTEXT_OWN);
             return Ok((ctx, false));
         }
         Ok((copy_of(ctx.bind(py))?, true))
@@ -243,19 +233,19 @@ impl ContextSlot {
     /// After a run in a fresh copy (`for_run`), keeps that copy if the callback set a variable
     /// in it, so that `get_context()` shows it; otherwise the copy, identical to the snapshot,
     /// is let go (a later `get_context()` makes an equal one).
-    pub fn keep_if_written(&self, py: Python<'_>, ran_in: Py<PyAny>) {
+    pub fn keep_if_written(&self, py: Python<'_>, ran_in: Py<PyAny>, flags: &Flags) {
         let Some(offset) = vars_offset(py) else {
-            return self.replace(py, ran_in);
+            return self.replace(py, ran_in, flags);
         };
         // SAFETY: both are live Contexts and `offset` was validated by `probe`.
         let written = unsafe { vars_at(ran_in.as_ptr(), offset) != vars_at(self.as_ptr(), offset) };
         if written {
-            self.replace(py, ran_in);
+            self.replace(py, ran_in, flags);
         }
     }
 
     pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         // SAFETY: the collector runs with the GIL held and outside any access to the slot.
-        visit.call(unsafe { &*self.ctx.get() })
+        visit.call(unsafe { &*self.0.get() })
     }
 }

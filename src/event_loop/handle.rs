@@ -18,7 +18,7 @@
 //! collector, and `create` sets the tracking each kind of handle needs.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -36,7 +36,42 @@ use crate::gil_cell::GilCell;
 
 struct Callback {
     callback: Py<PyAny>,
-    args: CallArgs,
+    /// `CallArgs::into_parts`; whether it is a tuple of several is the `ARGS_MANY` flag.
+    args: Option<Py<PyAny>>,
+}
+
+/// A handle's small state, in one byte so that a handle stays small.
+pub struct Flags(AtomicU8);
+
+impl Flags {
+    pub const CANCELLED: u8 = 1;
+    /// A timer sitting in the loop's heap (or waiting to join it).
+    pub const SCHEDULED: u8 = 2;
+    /// The handle's Context is its own, not a shared snapshot (see `context.rs`).
+    pub const CONTEXT_OWN: u8 = 4;
+    /// The stored arguments are a tuple of several (see `Callback::args`).
+    pub const ARGS_MANY: u8 = 8;
+
+    fn new(bits: u8) -> Flags {
+        Flags(AtomicU8::new(bits))
+    }
+
+    pub fn has(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bit != 0
+    }
+
+    pub fn set(&self, bit: u8) {
+        self.0.fetch_or(bit, Ordering::Relaxed);
+    }
+
+    fn clear(&self, bit: u8) {
+        self.0.fetch_and(!bit, Ordering::Relaxed);
+    }
+
+    /// Sets `bit`; whether it was set already.
+    fn test_and_set(&self, bit: u8) -> bool {
+        self.0.fetch_or(bit, Ordering::Relaxed) & bit != 0
+    }
 }
 
 /// What only debug mode records, kept out of line so a handle stays small.
@@ -59,11 +94,15 @@ struct CallbackSlot(UnsafeCell<Option<Callback>>);
 unsafe impl Sync for CallbackSlot {}
 
 impl CallbackSlot {
-    fn get(&self, py: Python<'_>) -> Option<(Py<PyAny>, CallArgs)> {
+    fn get(&self, py: Python<'_>, flags: &Flags) -> Option<(Py<PyAny>, CallArgs)> {
         // SAFETY: see the Sync impl: the shared reference lives only across two increfs.
         let slot = unsafe { &*self.0.get() };
-        slot.as_ref()
-            .map(|cb| (cb.callback.clone_ref(py), cb.args.clone_ref(py)))
+        let many = flags.has(Flags::ARGS_MANY);
+        slot.as_ref().map(|cb| {
+            // SAFETY: ARGS_MANY is set only with the parts of a `CallArgs::Many`.
+            let args = unsafe { CallArgs::from_parts(py, cb.args.as_ref(), many) };
+            (cb.callback.clone_ref(py), args)
+        })
     }
 
     fn take(&self, _py: Python<'_>) -> Option<Callback> {
@@ -76,7 +115,7 @@ impl CallbackSlot {
         // (accesses run no Python code, so no collection can start during one).
         if let Some(cb) = unsafe { &*self.0.get() } {
             visit.call(&cb.callback)?;
-            cb.args.visit(visit)?;
+            visit.call(&cb.args)?;
         }
         Ok(())
     }
@@ -91,9 +130,7 @@ pub struct Handle {
     debug: Option<Box<DebugInfo>>,
     /// Timers only: where a cancelled timer is counted, for heap compaction.
     shared: Option<Arc<LoopShared>>,
-    cancelled: AtomicBool,
-    /// True while a timer sits in the loop's heap.
-    scheduled: AtomicBool,
+    flags: Flags,
 }
 
 /// A handle scheduled for a time; `when()` gives it.
@@ -105,6 +142,8 @@ pub struct NewHandle<'py> {
     pub callback: Bound<'py, PyAny>,
     pub args: CallArgs,
     pub context: ContextSlot,
+    /// Whether `context` was given with `context=` (else it is a snapshot).
+    pub context_own: bool,
     pub when: Option<f64>,
     pub shared: &'py Arc<LoopShared>,
 }
@@ -119,17 +158,27 @@ impl<'py> NewHandle<'py> {
         } else {
             None
         };
+        let (args, many) = self.args.into_parts();
+        let mut flags = 0;
+        if many {
+            flags |= Flags::ARGS_MANY;
+        }
+        if self.context_own {
+            flags |= Flags::CONTEXT_OWN;
+        }
+        if self.when.is_some() {
+            flags |= Flags::SCHEDULED;
+        }
         Ok(Handle {
             callback: CallbackSlot(UnsafeCell::new(Some(Callback {
                 callback: self.callback.unbind(),
-                args: self.args,
+                args,
             }))),
             context: self.context,
             when: self.when.unwrap_or(f64::NAN),
             debug,
             shared: self.when.map(|_| Arc::clone(self.shared)),
-            cancelled: AtomicBool::new(false),
-            scheduled: AtomicBool::new(self.when.is_some()),
+            flags: Flags::new(flags),
         })
     }
 
@@ -186,7 +235,7 @@ impl Handle {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.flags.has(Flags::CANCELLED)
     }
 
     /// The Context the handle holds now, to tell the loop it is about to be entered.
@@ -201,7 +250,7 @@ impl Handle {
     /// Marks a timer as taken out of the heap, so a later `cancel()` is not counted as a
     /// cancelled timer still in the heap.
     pub fn unschedule(&self) {
-        self.scheduled.store(false, Ordering::Relaxed);
+        self.flags.clear(Flags::SCHEDULED);
     }
 
     /// Runs the callback in its context. `Ok` also when the callback raised and the error went
@@ -210,10 +259,10 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some((callback, args)) = this.callback.get(py) else {
+        let Some((callback, args)) = this.callback.get(py, &this.flags) else {
             return Ok(());
         };
-        let (context, fresh) = this.context.for_run(py)?;
+        let (context, fresh) = this.context.for_run(py, &this.flags)?;
         let ctx = context.as_ptr();
         // SAFETY: the GIL is held; `ctx` is a live Context (checked by PyContext_Enter, which sets
         // an exception and returns -1 otherwise); `callback` is a live object and `args` holds
@@ -242,7 +291,7 @@ impl Handle {
         // Still referenced elsewhere, the handle keeps what its callback set in its Context.
         // SAFETY: `slf` is a live object.
         if fresh && unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1 {
-            this.context.keep_if_written(py, context);
+            this.context.keep_if_written(py, context, &this.flags);
         }
         let Err(err) = outcome else {
             return Ok(());
@@ -269,10 +318,10 @@ impl Handle {
     pub fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.cancelled.swap(true, Ordering::Relaxed) {
+        if this.flags.test_and_set(Flags::CANCELLED) {
             return Ok(());
         }
-        if let (true, Some(shared)) = (this.scheduled.load(Ordering::Relaxed), &this.shared) {
+        if let (true, Some(shared)) = (this.flags.has(Flags::SCHEDULED), &this.shared) {
             shared.timer_cancelled();
         }
         if let Some(debug) = &this.debug {
@@ -297,18 +346,20 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.context.own(py)
+        self.context.own(py, &self.flags)
     }
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.get(py).map(|(callback, _)| callback)
+        self.callback
+            .get(py, &self.flags)
+            .map(|(callback, _)| callback)
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback
-            .get(py)
+            .get(py, &self.flags)
             .map(|(_, args)| Ok(args.to_tuple(py)?.into_any().unbind()))
             .transpose()
     }
@@ -320,7 +371,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.context.own(py)
+        self.context.own(py, &self.flags)
     }
 
     #[getter]
@@ -384,7 +435,7 @@ impl TimerHandle {
 
     #[getter]
     fn _scheduled(slf: &Bound<'_, Self>) -> bool {
-        slf.as_super().get().scheduled.load(Ordering::Relaxed)
+        slf.as_super().get().flags.has(Flags::SCHEDULED)
     }
 
     fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {

@@ -178,14 +178,15 @@ impl LoopCore {
         when: Option<f64>,
         queued_only: bool,
     ) -> PyResult<Bound<'py, Handle>> {
-        let context = match context {
-            Some(ctx) if !ctx.is_none() => ContextSlot::given(ctx.unbind()),
-            _ => ContextSlot::snapshot(self.snapshot(py)?),
+        let (context, context_own) = match context {
+            Some(ctx) if !ctx.is_none() => (ContextSlot::new(ctx.unbind()), true),
+            _ => (ContextSlot::new(self.snapshot(py)?), false),
         };
         NewHandle {
             callback,
             args,
             context,
+            context_own,
             when,
             shared: &self.shared,
         }
