@@ -12,7 +12,8 @@
 //! it was created (`_source_traceback`) and, once cancelled, its repr from before the cancel.
 //!
 //! Handles are kept small (a million may be queued): no borrow flag, no weak-reference slot,
-//! debug-only data out of line, and only timers hold the `LoopShared` pointer.
+//! debug-only data out of line, and only timers (the subclass) hold a deadline and the
+//! `LoopShared` pointer.
 //!
 //! Both classes recycle freed objects (`freelist.rs`); a recycled handle starts untracked by the
 //! collector, and `create` sets the tracking each kind of handle needs.
@@ -125,17 +126,17 @@ impl CallbackSlot {
 pub struct Handle {
     callback: CallbackSlot,
     context: ContextSlot,
-    /// The deadline, for timers; NaN for plain handles.
-    when: f64,
     debug: Option<Box<DebugInfo>>,
-    /// Timers only: where a cancelled timer is counted, for heap compaction.
-    shared: Option<Arc<LoopShared>>,
     flags: Flags,
 }
 
 /// A handle scheduled for a time; `when()` gives it.
 #[pyclass(module = "ferroloop", frozen, extends = Handle)]
-pub struct TimerHandle;
+pub struct TimerHandle {
+    when: f64,
+    /// Where a cancelled timer is counted, for heap compaction.
+    shared: Arc<LoopShared>,
+}
 
 /// Everything a new handle needs; built by the loop's scheduling methods.
 pub struct NewHandle<'py> {
@@ -175,9 +176,7 @@ impl<'py> NewHandle<'py> {
                 args,
             }))),
             context: self.context,
-            when: self.when.unwrap_or(f64::NAN),
             debug,
-            shared: self.when.map(|_| Arc::clone(self.shared)),
             flags: Flags::new(flags),
         })
     }
@@ -187,14 +186,13 @@ impl<'py> NewHandle<'py> {
     /// With `queued_only`, the handle is taken out of the garbage collector's tracking while the
     /// loop's queue holds it (see `Handle::leave_queue`).
     pub fn create(self, py: Python<'py>, queued_only: bool) -> PyResult<Bound<'py, Handle>> {
-        let is_timer = self.when.is_some();
+        let timer = self.when.map(|when| TimerHandle {
+            when,
+            shared: Arc::clone(self.shared),
+        });
         let handle = self.into_handle(py)?;
-        let handle = if is_timer {
-            Bound::new(
-                py,
-                PyClassInitializer::from(handle).add_subclass(TimerHandle),
-            )?
-            .into_super()
+        let handle = if let Some(timer) = timer {
+            Bound::new(py, PyClassInitializer::from(handle).add_subclass(timer))?.into_super()
         } else {
             Bound::new(py, handle)?
         };
@@ -241,10 +239,6 @@ impl Handle {
     /// The Context the handle holds now, to tell the loop it is about to be entered.
     pub fn context_ptr(&self) -> *mut ffi::PyObject {
         self.context.as_ptr()
-    }
-
-    pub fn when_value(&self) -> f64 {
-        self.when
     }
 
     /// Marks a timer as taken out of the heap, so a later `cancel()` is not counted as a
@@ -321,8 +315,10 @@ impl Handle {
         if this.flags.test_and_set(Flags::CANCELLED) {
             return Ok(());
         }
-        if let (true, Some(shared)) = (this.flags.has(Flags::SCHEDULED), &this.shared) {
-            shared.timer_cancelled();
+        if this.flags.has(Flags::SCHEDULED) {
+            if let Ok(timer) = slf.cast::<TimerHandle>() {
+                timer.get().shared.timer_cancelled();
+            }
         }
         if let Some(debug) = &this.debug {
             let repr = hooks::call(py, "handle_repr", (slf,))?.unbind();
@@ -424,13 +420,13 @@ impl Handle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(slf: &Bound<'_, Self>) -> f64 {
-        slf.as_super().get().when
+    fn when(&self) -> f64 {
+        self.when
     }
 
     #[getter]
-    fn _when(slf: &Bound<'_, Self>) -> f64 {
-        slf.as_super().get().when
+    fn _when(&self) -> f64 {
+        self.when
     }
 
     #[getter]
@@ -442,7 +438,7 @@ impl TimerHandle {
         slf.py()
             .import("builtins")?
             .getattr("hash")?
-            .call1((slf.as_super().get().when,))?
+            .call1((slf.get().when,))?
             .extract()
     }
 
@@ -457,8 +453,8 @@ impl TimerHandle {
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let a = slf.as_super().get();
-        let b = other.as_super().get();
+        let a = slf.get();
+        let b = other.get();
         let result = match op {
             CompareOp::Lt => a.when < b.when,
             CompareOp::Le => a.when < b.when || handles_equal(slf, other)?,
@@ -474,7 +470,7 @@ impl TimerHandle {
 fn handles_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
     let (ha, hb) = (a.as_super(), b.as_super());
     let (x, y) = (ha.get(), hb.get());
-    if x.when != y.when || x.is_cancelled() != y.is_cancelled() {
+    if a.get().when != b.get().when || x.is_cancelled() != y.is_cancelled() {
         return Ok(false);
     }
     let py = a.py();

@@ -62,7 +62,7 @@ pub struct LoopState {
     /// Timers scheduled since the current iteration began. They join the heap when the next
     /// one begins (see `run::merge_new_timers`), so the timers an iteration runs are exactly
     /// those in the heap when it began.
-    new_timers: Vec<Py<Handle>>,
+    new_timers: Vec<(f64, Py<Handle>)>,
     /// `{"loop": <this loop>}`, reused as the keywords of every `Future(loop=...)` and plain
     /// `Task(coro, loop=...)` (their constructors only read it): a dict per call saved.
     loop_kwargs: Option<Py<PyDict>>,
@@ -229,7 +229,7 @@ impl LoopCore {
         self.state
             .borrow_mut(py)
             .new_timers
-            .push(handle.clone().unbind());
+            .push((when, handle.clone().unbind()));
         Ok(handle)
     }
 
@@ -519,7 +519,7 @@ impl LoopCore {
         };
         let (mut garbage, snapshot, fresh) = garbage;
         drop(snapshot);
-        garbage.extend(fresh);
+        garbage.extend(fresh.into_iter().map(|(_, h)| h));
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();
@@ -583,7 +583,7 @@ impl LoopCore {
                 .ready
                 .iter()
                 .chain(st.timers.iter())
-                .chain(st.new_timers.iter())
+                .chain(st.new_timers.iter().map(|(_, h)| h))
                 .chain(st.io.handles())
             {
                 // SAFETY: `h` is a live object; the query has no other precondition.
@@ -605,7 +605,7 @@ impl LoopCore {
                 let snapshot = (st.snapshots.clear(), st.loop_kwargs.take());
                 let mut garbage = st.ready.drain();
                 garbage.extend(st.timers.drain());
-                garbage.append(&mut st.new_timers);
+                garbage.extend(st.new_timers.drain(..).map(|(_, h)| h));
                 for (fd, entry) in st.io.drain() {
                     if let Some(poller) = &st.poller {
                         let _ = poller.deregister(fd);

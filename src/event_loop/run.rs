@@ -92,19 +92,18 @@ fn merge_new_timers(py: Python<'_>, this: &LoopCore) {
     }
     let mut cancelled = Vec::new();
     let mut live = Vec::with_capacity(fresh.len());
-    for handle in fresh {
+    for (when, handle) in fresh {
         Handle::leave_queue(handle.bind(py));
         if handle.get().is_cancelled() {
             handle.get().unschedule();
             this.shared.forget_cancelled(1);
             cancelled.push(handle);
         } else {
-            live.push(handle);
+            live.push((when, handle));
         }
     }
     let mut st = this.state.borrow_mut(py);
-    for handle in live {
-        let when = handle.get().when_value();
+    for (when, handle) in live {
         st.timers.push(when, handle);
     }
     drop(st);
