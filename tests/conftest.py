@@ -2,9 +2,21 @@
 cannot drift apart. A test that only makes sense on ferroloop uses `ferro_loop`."""
 
 import asyncio
+import faulthandler
 import gc
 
 import pytest
+
+# A test that hangs (a loop that never stops) must fail the run, not stall CI: past this many
+# seconds, every thread's traceback is printed and the process exits.
+TEST_TIME_LIMIT = 120
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard():
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _stock_loop():

@@ -6,36 +6,39 @@
 //! object, and every allocation of one counts towards the collector's next young collection,
 //! which in a loop turning over thousands of tasks is a measurable share of the time. Two or
 //! more arguments keep a tuple. `_args` and error reports build the tuple on demand.
+//!
+//! While in use the arguments are `Bound`: dropping a `Bound` is a plain decref, where dropping
+//! a `Py` first asks PyO3 (a thread-local lookup) whether the thread is attached.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-pub enum CallArgs {
+pub enum CallArgs<'py> {
     Zero,
-    One(Py<PyAny>),
-    Many(Py<PyTuple>),
+    One(Bound<'py, PyAny>),
+    Many(Bound<'py, PyTuple>),
 }
 
-impl CallArgs {
+impl<'py> CallArgs<'py> {
     /// From the positional arguments of a vectorcall.
-    pub fn from_slice(py: Python<'_>, args: &[Borrowed<'_, '_, PyAny>]) -> PyResult<CallArgs> {
+    pub fn from_slice(py: Python<'py>, args: &[Borrowed<'_, 'py, PyAny>]) -> PyResult<Self> {
         Ok(match args {
             [] => CallArgs::Zero,
-            [one] => CallArgs::One((*one).to_owned().unbind()),
-            many => CallArgs::Many(PyTuple::new(py, many.iter())?.unbind()),
+            [one] => CallArgs::One((*one).to_owned()),
+            many => CallArgs::Many(PyTuple::new(py, many.iter())?),
         })
     }
 
     /// From an `*args` tuple.
-    pub fn from_tuple(args: Bound<'_, PyTuple>) -> CallArgs {
+    pub fn from_tuple(args: Bound<'py, PyTuple>) -> Self {
         match args.len() {
             0 => CallArgs::Zero,
             1 => match args.get_item(0) {
-                Ok(one) => CallArgs::One(one.unbind()),
-                Err(_) => CallArgs::Many(args.unbind()),
+                Ok(one) => CallArgs::One(one),
+                Err(_) => CallArgs::Many(args),
             },
-            _ => CallArgs::Many(args.unbind()),
+            _ => CallArgs::Many(args),
         }
     }
 
@@ -44,8 +47,8 @@ impl CallArgs {
     pub fn into_parts(self) -> (Option<Py<PyAny>>, bool) {
         match self {
             CallArgs::Zero => (None, false),
-            CallArgs::One(one) => (Some(one), false),
-            CallArgs::Many(many) => (Some(many.into_any()), true),
+            CallArgs::One(one) => (Some(one.unbind()), false),
+            CallArgs::Many(many) => (Some(many.into_any().unbind()), true),
         }
     }
 
@@ -53,26 +56,23 @@ impl CallArgs {
     ///
     /// # Safety
     /// `many` is true only for an object `into_parts` gave with `many` true: a tuple.
-    pub unsafe fn from_parts(py: Python<'_>, kept: Option<&Py<PyAny>>, many: bool) -> CallArgs {
+    pub unsafe fn from_parts(py: Python<'py>, kept: Option<&Py<PyAny>>, many: bool) -> Self {
         match (kept, many) {
             (None, _) => CallArgs::Zero,
-            (Some(one), false) => CallArgs::One(one.clone_ref(py)),
+            (Some(one), false) => CallArgs::One(one.bind(py).clone()),
             // SAFETY: per the contract, the object is a tuple.
-            (Some(many), true) => CallArgs::Many(unsafe {
-                many.clone_ref(py)
-                    .into_bound(py)
-                    .cast_into_unchecked::<PyTuple>()
-                    .unbind()
-            }),
+            (Some(many), true) => {
+                CallArgs::Many(unsafe { many.bind(py).clone().cast_into_unchecked::<PyTuple>() })
+            }
         }
     }
 
     /// The arguments as the tuple the stock `Handle._args` holds.
-    pub fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    pub fn to_tuple(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         match self {
             CallArgs::Zero => Ok(PyTuple::empty(py)),
             CallArgs::One(one) => PyTuple::new(py, [one]),
-            CallArgs::Many(many) => Ok(many.bind(py).clone()),
+            CallArgs::Many(many) => Ok(many.clone()),
         }
     }
 

@@ -181,9 +181,9 @@ impl ContextSlot {
         ContextSlot(UnsafeCell::new(ctx))
     }
 
-    fn current(&self, py: Python<'_>) -> Py<PyAny> {
+    fn current<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         // SAFETY: see the Sync impl: the shared reference lives only across one incref.
-        unsafe { (*self.0.get()).clone_ref(py) }
+        unsafe { (*self.0.get()).bind(py).clone() }
     }
 
     fn replace(&self, _py: Python<'_>, ctx: Py<PyAny>, flags: &Flags) {
@@ -205,9 +205,9 @@ impl ContextSlot {
     pub fn own(&self, py: Python<'_>, flags: &Flags) -> PyResult<Py<PyAny>> {
         let ctx = self.current(py);
         if flags.has(Flags::CONTEXT_OWN) {
-            return Ok(ctx);
+            return Ok(ctx.unbind());
         }
-        let copy = copy_of(ctx.bind(py))?;
+        let copy = copy_of(&ctx)?;
         self.replace(py, copy.clone_ref(py), flags);
         Ok(copy)
     }
@@ -216,7 +216,11 @@ impl ContextSlot {
     /// `keep_if_written` if the handle outlives the run). The loop has already stopped offering
     /// the snapshot to new handles (`Snapshots::retire`), so a snapshot nobody else holds is this
     /// handle's alone.
-    pub fn for_run(&self, py: Python<'_>, flags: &Flags) -> PyResult<(Py<PyAny>, bool)> {
+    pub fn for_run<'py>(
+        &self,
+        py: Python<'py>,
+        flags: &Flags,
+    ) -> PyResult<(Bound<'py, PyAny>, bool)> {
         let ctx = self.current(py);
         if flags.has(Flags::CONTEXT_OWN) {
             return Ok((ctx, false));
@@ -227,20 +231,20 @@ impl ContextSlot {
             flags.set(Flags::CONTEXT_OWN);
             return Ok((ctx, false));
         }
-        Ok((copy_of(ctx.bind(py))?, true))
+        Ok((copy_of(&ctx)?.into_bound(py), true))
     }
 
     /// After a run in a fresh copy (`for_run`), keeps that copy if the callback set a variable
     /// in it, so that `get_context()` shows it; otherwise the copy, identical to the snapshot,
     /// is let go (a later `get_context()` makes an equal one).
-    pub fn keep_if_written(&self, py: Python<'_>, ran_in: Py<PyAny>, flags: &Flags) {
+    pub fn keep_if_written(&self, py: Python<'_>, ran_in: Bound<'_, PyAny>, flags: &Flags) {
         let Some(offset) = vars_offset(py) else {
-            return self.replace(py, ran_in, flags);
+            return self.replace(py, ran_in.unbind(), flags);
         };
         // SAFETY: both are live Contexts and `offset` was validated by `probe`.
         let written = unsafe { vars_at(ran_in.as_ptr(), offset) != vars_at(self.as_ptr(), offset) };
         if written {
-            self.replace(py, ran_in, flags);
+            self.replace(py, ran_in.unbind(), flags);
         }
     }
 

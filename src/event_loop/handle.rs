@@ -95,14 +95,18 @@ struct CallbackSlot(UnsafeCell<Option<Callback>>);
 unsafe impl Sync for CallbackSlot {}
 
 impl CallbackSlot {
-    fn get(&self, py: Python<'_>, flags: &Flags) -> Option<(Py<PyAny>, CallArgs)> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        flags: &Flags,
+    ) -> Option<(Bound<'py, PyAny>, CallArgs<'py>)> {
         // SAFETY: see the Sync impl: the shared reference lives only across two increfs.
         let slot = unsafe { &*self.0.get() };
         let many = flags.has(Flags::ARGS_MANY);
         slot.as_ref().map(|cb| {
             // SAFETY: ARGS_MANY is set only with the parts of a `CallArgs::Many`.
             let args = unsafe { CallArgs::from_parts(py, cb.args.as_ref(), many) };
-            (cb.callback.clone_ref(py), args)
+            (cb.callback.bind(py).clone(), args)
         })
     }
 
@@ -141,7 +145,7 @@ pub struct TimerHandle {
 /// Everything a new handle needs; built by the loop's scheduling methods.
 pub struct NewHandle<'py> {
     pub callback: Bound<'py, PyAny>,
-    pub args: CallArgs,
+    pub args: CallArgs<'py>,
     pub context: ContextSlot,
     /// Whether `context` was given with `context=` (else it is a snapshot).
     pub context_own: bool,
@@ -213,9 +217,22 @@ impl<'py> NewHandle<'py> {
 }
 
 impl Handle {
-    /// Called when the loop's queue lets go of `slf`: a handle created untracked is tracked
-    /// again if anything else still references it.
+    /// Called when the loop lets go of `slf` for good: a handle created untracked is tracked
+    /// again if anything else still references it, and one nobody else references gives up its
+    /// callback at once.
     pub fn leave_queue(slf: &Bound<'_, Handle>) {
+        // SAFETY: `slf` is a live object.
+        if unsafe { ffi::Py_REFCNT(slf.as_ptr()) } == 1 {
+            // About to be freed, and unreachable by anyone else: the callback is released here,
+            // where dropping a `Bound` is a plain decref (PyO3's dealloc drops `Py` fields, each
+            // first asking through a thread-local whether the thread is attached).
+            let py = slf.py();
+            if let Some(cb) = slf.get().callback.take(py) {
+                drop(cb.callback.into_bound(py));
+                drop(cb.args.map(|args| args.into_bound(py)));
+            }
+            return;
+        }
         Handle::track_if_held(slf, 1);
     }
 
@@ -349,7 +366,7 @@ impl Handle {
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.callback
             .get(py, &self.flags)
-            .map(|(callback, _)| callback)
+            .map(|(callback, _)| callback.unbind())
     }
 
     #[getter]

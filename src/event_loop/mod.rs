@@ -165,7 +165,8 @@ impl LoopCore {
     fn snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let current = context::copy_current(py)?;
         let (ctx, garbage) = self.state.borrow_mut(py).snapshots.take(py, current);
-        drop(garbage);
+        // Released as a `Bound`: a plain decref (see `args.rs`).
+        drop(garbage.map(|g| g.into_bound(py)));
         Ok(ctx)
     }
 
@@ -173,7 +174,7 @@ impl LoopCore {
         &'py self,
         py: Python<'py>,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
         when: Option<f64>,
         queued_only: bool,
@@ -200,7 +201,7 @@ impl LoopCore {
         method: &str,
         check_thread: bool,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
@@ -220,7 +221,7 @@ impl LoopCore {
         py: Python<'py>,
         when: f64,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
@@ -238,7 +239,7 @@ impl LoopCore {
         &'py self,
         py: Python<'py>,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let handle = self.soon(py, "call_soon_threadsafe", false, callback, args, context)?;
@@ -254,7 +255,7 @@ impl LoopCore {
         py: Python<'py>,
         delay: &Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         if delay.is_none() {
@@ -270,7 +271,7 @@ impl LoopCore {
         py: Python<'py>,
         when: &Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
-        args: CallArgs,
+        args: CallArgs<'py>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         if when.is_none() {

@@ -96,7 +96,8 @@ fn merge_new_timers(py: Python<'_>, this: &LoopCore) {
     let mut cancelled = Vec::new();
     let mut live = Vec::with_capacity(fresh.len());
     for (when, handle) in fresh {
-        Handle::leave_queue(handle.bind(py));
+        // Held by this list alone (the one reference `ours`), or also from outside.
+        Handle::track_if_held(handle.bind(py), 1);
         if handle.get().is_cancelled() {
             handle.get().unschedule();
             this.shared.forget_cancelled(1);
