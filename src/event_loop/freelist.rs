@@ -156,6 +156,12 @@ fn bare_gc_header(py: Python<'_>, ty: *mut ffi::PyTypeObject) -> bool {
         && flags & PREHEADER_FLAGS == 0
 }
 
+/// Whether every new exact `Handle`/`TimerHandle` starts untracked by the collector (recycled,
+/// or allocated with a bare header), so that `NewHandle::create` need not untrack it.
+pub fn born_untracked() -> bool {
+    HANDLES.uncounted.load(Ordering::Relaxed) && TIMERS.uncounted.load(Ordering::Relaxed)
+}
+
 static HANDLES: FreeList = FreeList::new();
 static TIMERS: FreeList = FreeList::new();
 

@@ -31,6 +31,7 @@ use pyo3::PyTraverseError;
 
 use super::args::CallArgs;
 use super::context::ContextSlot;
+use super::freelist;
 use super::hooks;
 use super::shared::LoopShared;
 use crate::gil_cell::GilCell;
@@ -202,12 +203,15 @@ impl<'py> NewHandle<'py> {
         };
         let ptr = handle.as_ptr();
         // SAFETY: `ptr` is a live object of a GC type (PyO3 gives every pyclass
-        // Py_TPFLAGS_HAVE_GC), just created: tracked if it was freshly allocated, untracked if it
-        // came from a free list. UnTrack accepts an untracked object and Track is called only on
-        // an untracked one, as each requires; the type's dealloc untracks either way.
+        // Py_TPFLAGS_HAVE_GC), just created: untracked if it came from a free list or a bare
+        // allocation (`freelist.rs`), tracked if from PyType_GenericAlloc. UnTrack accepts an
+        // untracked object and Track is called only on an untracked one, as each requires; the
+        // type's dealloc untracks either way.
         unsafe {
             if queued_only {
-                ffi::PyObject_GC_UnTrack(ptr.cast());
+                if !freelist::born_untracked() {
+                    ffi::PyObject_GC_UnTrack(ptr.cast());
+                }
             } else if ffi::PyObject_GC_IsTracked(ptr) == 0 {
                 ffi::PyObject_GC_Track(ptr.cast());
             }
