@@ -17,6 +17,7 @@ use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::args::CallArgs;
@@ -40,6 +41,33 @@ fn join_names(names: &[&str]) -> String {
     }
 }
 
+/// The first non-interned str seen naming the `context` keyword, kept alive so that its address
+/// stays its own. Python code passes the interned "context"; CPython 3.11's C Task and Future
+/// pass a static string of their own that is not the interned one.
+static OTHER_CONTEXT_NAME: PyOnceLock<Py<PyString>> = PyOnceLock::new();
+
+/// Whether a keyword name is "context": usually a pointer comparison.
+fn is_context_name(name: &Borrowed<'_, '_, PyAny>) -> bool {
+    let py = name.py();
+    if name.as_ptr() == intern!(py, "context").as_ptr() {
+        return true;
+    }
+    if OTHER_CONTEXT_NAME
+        .get(py)
+        .is_some_and(|known| known.as_ptr() == name.as_ptr())
+    {
+        return true;
+    }
+    let Ok(text) = name.cast::<PyString>() else {
+        return false;
+    };
+    if text.to_str().is_ok_and(|t| t == "context") {
+        let _ = OTHER_CONTEXT_NAME.set(py, text.to_owned().unbind());
+        return true;
+    }
+    false
+}
+
 fn parse<'a, 'py>(
     method: &str,
     params: &[&str],
@@ -48,13 +76,13 @@ fn parse<'a, 'py>(
 ) -> PyResult<Parsed<'a, 'py>> {
     if positional.len() >= params.len() {
         // The common calls: everything positional, or that and `context=` alone (as the C Task
-        // and Future pass it, with the interned name, so a pointer comparison settles it).
+        // and Future pass it).
         let context = match keywords {
             None => Some(None),
             Some((names, [value])) => names
                 .get_borrowed_item(0)
                 .ok()
-                .filter(|name| name.as_ptr() == intern!(name.py(), "context").as_ptr())
+                .filter(|name| is_context_name(name))
                 .map(|_| Some(*value)),
             Some(_) => None,
         };
