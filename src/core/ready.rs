@@ -31,6 +31,11 @@ impl<T> ReadyQueue<T> {
         self.items.pop_front()
     }
 
+    /// The item `n` places from the front, if any.
+    pub fn get(&self, n: usize) -> Option<&T> {
+        self.items.get(n)
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

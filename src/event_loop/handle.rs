@@ -257,6 +257,15 @@ impl Handle {
         self.flags.has(Flags::CANCELLED)
     }
 
+    /// Hints the cache to load this handle's callback object (see `run::next_ready`).
+    pub fn prefetch_callback(&self) {
+        // SAFETY: reads the callback pointer without touching its reference count; no other
+        // reference into the cell is live (GIL held, no Python code runs here).
+        if let Some(cb) = unsafe { &*self.callback.0.get() } {
+            super::run::prefetch(cb.callback.as_ptr().cast());
+        }
+    }
+
     /// The Context the handle holds now, to tell the loop it is about to be entered.
     pub fn context_ptr(&self) -> *mut ffi::PyObject {
         self.context.as_ptr()

@@ -301,10 +301,32 @@ fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle
         let mut st = this.state.borrow_mut(py);
         let handle = st.ready.pop()?;
         let retired = st.snapshots.retire(handle.get().context_ptr());
+        // While this callback runs, bring the next handles into the cache: a long queue's
+        // handles were made long ago and are cold by their turn.
+        if let Some(next) = st.ready.get(0) {
+            next.get().prefetch_callback();
+        }
+        if let Some(after) = st.ready.get(1) {
+            prefetch(after.as_ptr().cast());
+        }
         (handle, retired)
     };
     drop(retired);
     Some(handle.into_bound(py))
+}
+
+/// A hint to load the cache lines at `ptr` (an object and the GC header just before it).
+pub fn prefetch(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and has no effect on memory, whatever
+    // the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch(ptr.wrapping_sub(16).cast(), _MM_HINT_T0);
+        _mm_prefetch(ptr.wrapping_add(48).cast(), _MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
 }
 
 /// Runs one handle of this iteration (skipping a cancelled one), then lets the queue go of it.
