@@ -165,30 +165,27 @@ pub fn born_untracked() -> bool {
 static HANDLES: FreeList = FreeList::new();
 static TIMERS: FreeList = FreeList::new();
 
-unsafe extern "C" fn alloc_handle(
+/// The list of `TimerHandle`s if `TIMER`, else of `Handle`s.
+fn list<const TIMER: bool>() -> &'static FreeList {
+    if TIMER {
+        &TIMERS
+    } else {
+        &HANDLES
+    }
+}
+
+unsafe extern "C" fn alloc<const TIMER: bool>(
     subtype: *mut ffi::PyTypeObject,
     nitems: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // SAFETY: installed as the `tp_alloc` of `Handle`, called by CPython with the GIL held.
-    unsafe { HANDLES.alloc(subtype, nitems) }
+    // SAFETY: installed as the `tp_alloc` of the class `list::<TIMER>()` recycles, called by
+    // CPython with the GIL held.
+    unsafe { list::<TIMER>().alloc(subtype, nitems) }
 }
 
-unsafe extern "C" fn free_handle(obj: *mut c_void) {
-    // SAFETY: installed as the `tp_free` of `Handle`, called with the GIL held.
-    unsafe { HANDLES.free(obj) }
-}
-
-unsafe extern "C" fn alloc_timer(
-    subtype: *mut ffi::PyTypeObject,
-    nitems: ffi::Py_ssize_t,
-) -> *mut ffi::PyObject {
-    // SAFETY: installed as the `tp_alloc` of `TimerHandle`, called with the GIL held.
-    unsafe { TIMERS.alloc(subtype, nitems) }
-}
-
-unsafe extern "C" fn free_timer(obj: *mut c_void) {
-    // SAFETY: installed as the `tp_free` of `TimerHandle`, called with the GIL held.
-    unsafe { TIMERS.free(obj) }
+unsafe extern "C" fn free<const TIMER: bool>(obj: *mut c_void) {
+    // SAFETY: installed as the `tp_free` of that same class, called with the GIL held.
+    unsafe { list::<TIMER>().free(obj) }
 }
 
 /// Puts the free lists in the allocation slots of `Handle` and `TimerHandle`. Called once, when
@@ -208,9 +205,9 @@ pub fn install(py: Python<'_>) {
     // object is allocated by one function and freed by another; both slots are plain function
     // pointers CPython reads at each allocation and PyO3 at each deallocation.
     unsafe {
-        (*handle).tp_alloc = Some(alloc_handle);
-        (*handle).tp_free = Some(free_handle);
-        (*timer).tp_alloc = Some(alloc_timer);
-        (*timer).tp_free = Some(free_timer);
+        (*handle).tp_alloc = Some(alloc::<false>);
+        (*handle).tp_free = Some(free::<false>);
+        (*timer).tp_alloc = Some(alloc::<true>);
+        (*timer).tp_free = Some(free::<true>);
     }
 }

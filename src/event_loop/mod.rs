@@ -74,6 +74,23 @@ pub struct LoopState {
     slow_callback_duration: f64,
 }
 
+impl LoopState {
+    /// Empties the ready queue, the timers and the fd registry: the handles they held, and the
+    /// fds that were registered. The caller drops the handles once the borrow ends.
+    fn drain_handles(&mut self) -> (Vec<Py<Handle>>, Vec<RawFd>) {
+        let mut handles = self.ready.drain();
+        handles.extend(self.timers.drain());
+        handles.extend(self.new_timers.drain(..).map(|(_, h)| h));
+        let mut fds = Vec::new();
+        for (fd, entry) in self.io.drain() {
+            fds.push(fd);
+            handles.extend(entry.reader);
+            handles.extend(entry.writer);
+        }
+        (handles, fds)
+    }
+}
+
 #[pyclass(module = "ferroloop._core", subclass, frozen, weakref)]
 pub struct LoopCore {
     state: GilCell<LoopState>,
@@ -504,23 +521,15 @@ impl LoopCore {
 
     /// Drops every pending callback, timer and registration and closes the poller.
     fn _close(&self, py: Python<'_>) {
-        let garbage = {
+        let (garbage, snapshot) = {
             let mut st = self.state.borrow_mut(py);
+            // Dropping the poller closes its epoll fd, which forgets every registration.
             st.poller = None;
             st.signal_pair = None;
-            let snapshot = st.snapshots.clear();
-            let fresh = std::mem::take(&mut st.new_timers);
-            let mut garbage = st.ready.drain();
-            garbage.extend(st.timers.drain());
-            for (_, entry) in st.io.drain() {
-                garbage.extend(entry.reader);
-                garbage.extend(entry.writer);
-            }
-            (garbage, snapshot, fresh)
+            let (handles, _fds) = st.drain_handles();
+            (handles, st.snapshots.clear())
         };
-        let (mut garbage, snapshot, fresh) = garbage;
         drop(snapshot);
-        garbage.extend(fresh.into_iter().map(|(_, h)| h));
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();
@@ -603,18 +612,13 @@ impl LoopCore {
         Python::attach(|py| {
             let garbage = {
                 let mut st = self.state.borrow_mut(py);
-                let snapshot = (st.snapshots.clear(), st.loop_kwargs.take());
-                let mut garbage = st.ready.drain();
-                garbage.extend(st.timers.drain());
-                garbage.extend(st.new_timers.drain(..).map(|(_, h)| h));
-                for (fd, entry) in st.io.drain() {
-                    if let Some(poller) = &st.poller {
+                let (handles, fds) = st.drain_handles();
+                if let Some(poller) = &st.poller {
+                    for fd in fds {
                         let _ = poller.deregister(fd);
                     }
-                    garbage.extend(entry.reader);
-                    garbage.extend(entry.writer);
                 }
-                (garbage, snapshot)
+                (handles, st.snapshots.clear(), st.loop_kwargs.take())
             };
             drop(garbage);
         });

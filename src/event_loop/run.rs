@@ -68,12 +68,23 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
             break;
         }
         if let Some(h) = st.timers.pop() {
-            h.get().unschedule();
-            this.shared.forget_cancelled(1);
+            timer_leaves(this, h.get());
             garbage.push(h);
         }
     }
     garbage
+}
+
+/// A timer leaving the heap (or the list of new timers): no longer scheduled, and, if it was
+/// cancelled, no longer counted among the cancelled timers waiting there. Returns whether it
+/// was cancelled.
+fn timer_leaves(this: &LoopCore, timer: &Handle) -> bool {
+    timer.unschedule();
+    let cancelled = timer.is_cancelled();
+    if cancelled {
+        this.shared.forget_cancelled(1);
+    }
+    cancelled
 }
 
 /// Moves the timers scheduled during the last iteration into the heap (step 0).
@@ -99,8 +110,7 @@ fn merge_new_timers(py: Python<'_>, this: &LoopCore) {
         // Held by this list alone (the one reference `ours`), or also from outside.
         Handle::track_if_held(handle.bind(py), 1);
         if handle.get().is_cancelled() {
-            handle.get().unschedule();
-            this.shared.forget_cancelled(1);
+            timer_leaves(this, handle.get());
             cancelled.push(handle);
         } else {
             live.push((when, handle));
@@ -279,10 +289,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         };
         drop(retired);
         let handle = handle.into_bound(py);
-        let timer = handle.get();
-        timer.unschedule();
-        if timer.is_cancelled() {
-            this.shared.forget_cancelled(1);
+        if timer_leaves(this, handle.get()) {
             Handle::leave_queue(&handle);
             continue;
         }
@@ -350,10 +357,7 @@ fn requeue_due_timers(py: Python<'_>, this: &LoopCore, now: f64, not_run: usize)
     let mut st = this.state.borrow_mut(py);
     let mut due = Vec::new();
     while let Some(handle) = st.timers.pop_due(now) {
-        handle.get().unschedule();
-        if handle.get().is_cancelled() {
-            this.shared.forget_cancelled(1);
-        }
+        timer_leaves(this, handle.get());
         due.push(handle);
     }
     st.ready.insert_at(not_run, due);
