@@ -19,6 +19,11 @@ from asyncio import constants, coroutines, events, futures, tasks
 from asyncio.log import logger
 
 from ferroloop import _core, _hooks
+from ferroloop._datagram import DatagramMixin
+from ferroloop._fd import fileobj_to_fd, not_implemented
+from ferroloop._net import NetMixin
+from ferroloop._sock import SockMixin
+from ferroloop._tls import TlsMixin
 
 __all__ = ("Loop",)
 
@@ -33,30 +38,7 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
-def _fileobj_to_fd(fileobj):
-    """An fd from an int or an object with `fileno()`, with the `selectors` module's errors."""
-    if isinstance(fileobj, int):
-        fd = fileobj
-    else:
-        try:
-            fd = int(fileobj.fileno())
-        except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"Invalid file object: {fileobj!r}") from None
-    if fd < 0:
-        raise ValueError(f"Invalid file descriptor: {fd}")
-    return fd
-
-
-def _not_implemented(name, area):
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(f"ferroloop does not implement {name}() yet ({area})")
-
-    method.__name__ = name
-    method.__qualname__ = f"Loop.{name}"
-    return method
-
-
-class Loop(_core.LoopCore, events.AbstractEventLoop):
+class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):
@@ -69,6 +51,8 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
         self._coroutine_origin_tracking_saved_depth = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
+        # fd -> the transport that owns it, as in the stock selector loop.
+        self._transports = weakref.WeakValueDictionary()
         self._set_debug(coroutines._is_debug_mode())
         self._prebind_c_callees()
 
@@ -364,41 +348,48 @@ class Loop(_core.LoopCore, events.AbstractEventLoop):
 
     # -- readiness -------------------------------------------------------------------------
 
+    def _ensure_fd_no_transport(self, fd):
+        """The stock RuntimeError when `fd` belongs to a transport that is not closing."""
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` on every iteration while `fd` is readable."""
+        self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_reader(_fileobj_to_fd(fd), callback, args)
+        self._add_reader(fileobj_to_fd(fd), callback, args)
 
     def remove_reader(self, fd):
+        self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
-        return self._remove_reader(_fileobj_to_fd(fd))
+        return self._remove_reader(fileobj_to_fd(fd))
 
     def add_writer(self, fd, callback, *args):
         """Calls `callback(*args)` on every iteration while `fd` is writable."""
+        self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_writer(_fileobj_to_fd(fd), callback, args)
+        self._add_writer(fileobj_to_fd(fd), callback, args)
 
     def remove_writer(self, fd):
+        self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
-        return self._remove_writer(_fileobj_to_fd(fd))
+        return self._remove_writer(fileobj_to_fd(fd))
 
     # -- not implemented yet ---------------------------------------------------------------
 
-    for _name in (
-        "create_connection", "create_server", "create_unix_connection", "create_unix_server",
-        "create_datagram_endpoint", "connect_accepted_socket", "sendfile", "start_tls",
-        "sock_recv", "sock_recv_into", "sock_recvfrom", "sock_recvfrom_into", "sock_sendall",
-        "sock_sendto", "sock_connect", "sock_accept", "sock_sendfile", "getaddrinfo", "getnameinfo",
-    ):
-        locals()[_name] = _not_implemented(_name, "sockets come with issue 3")
     for _name in ("connect_read_pipe", "connect_write_pipe"):
-        locals()[_name] = _not_implemented(_name, "pipes")
+        locals()[_name] = not_implemented(_name, "pipes")
     for _name in ("subprocess_exec", "subprocess_shell"):
-        locals()[_name] = _not_implemented(_name, "subprocesses")
+        locals()[_name] = not_implemented(_name, "subprocesses")
     for _name in ("add_signal_handler", "remove_signal_handler"):
-        locals()[_name] = _not_implemented(_name, "signal handlers")
+        locals()[_name] = not_implemented(_name, "signal handlers")
     del _name
-
-
