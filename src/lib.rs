@@ -3,6 +3,7 @@
 pub mod core;
 mod event_loop;
 mod gil_cell;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -12,6 +13,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<event_loop::Handle>()?;
     m.add_class::<event_loop::TimerHandle>()?;
+    m.add_class::<transports::StreamTransport>()?;
     event_loop::install_free_lists(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

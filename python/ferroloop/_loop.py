@@ -384,6 +384,12 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.
             return False
         return self._remove_writer(fileobj_to_fd(fd))
 
+    # -- transports ------------------------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        """A TCP or Unix stream transport (Rust) over the connected non-blocking `sock`."""
+        return _core.StreamTransport._create(self, sock, protocol, waiter, extra, server)
+
     # -- not implemented yet ---------------------------------------------------------------
 
     for _name in ("connect_read_pipe", "connect_write_pipe"):

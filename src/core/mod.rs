@@ -1,9 +1,10 @@
-//! The engine: clock, timer queue, ready queue and poller.
+//! The engine: clock, timer queue, ready queue, poller and the byte buffers of transports.
 //!
 //! Nothing here knows about Python. The loop layer (`crate::event_loop`) stores Python handles in
 //! these generic containers and maps poller tokens to its own registrations, so the engine can be
 //! tested alone with `cargo test`.
 
+pub mod buffer;
 pub mod clock;
 pub mod poller;
 pub mod ready;

@@ -2,7 +2,7 @@
 //! value, turning `-1` into the thread's `errno`; and the few fd helpers built on it.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
@@ -31,4 +31,31 @@ pub fn nonblocking_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     ))?;
     // SAFETY: socketpair succeeded: two new fds that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends what the kernel takes of `data` on a connected socket; `EPIPE` is reported as an error,
+/// never as a signal.
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
+    let n = syscall!(send(
+        fd,
+        data.as_ptr().cast(),
+        data.len(),
+        libc::MSG_NOSIGNAL
+    ))?;
+    Ok(n as usize)
+}
+
+/// Receives at most `buf.len()` bytes; `Ok(0)` is end of stream.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
+    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    Ok(n as usize)
+}
+
+/// Closes the sending direction of a socket: the peer reads end of stream.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes any fd and reports a bad one as an error.
+    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    Ok(())
 }

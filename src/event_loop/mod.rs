@@ -7,7 +7,7 @@
 //! Python objects removed from the state are dropped only after the borrow ends, because dropping
 //! one can run arbitrary `__del__` code that calls back into the loop.
 
-mod args;
+pub(crate) mod args;
 mod context;
 mod fastcall;
 mod freelist;
@@ -27,12 +27,13 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
-use args::CallArgs;
+pub(crate) use args::CallArgs;
 use context::{ContextSlot, Snapshots};
 pub use fastcall::install as install_fast_methods;
 pub use freelist::install as install_free_lists;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
+
 use io::IoRegistry;
 use shared::LoopShared;
 
@@ -105,7 +106,7 @@ pub fn current_thread_id() -> u64 {
 
 /// The `OSError` (its errno subclass, e.g. `PermissionError`) Python itself would raise: the
 /// errno and the bare `strerror` text, without Rust's " (os error N)" suffix.
-fn os_error(err: std::io::Error) -> PyErr {
+pub(crate) fn os_error(err: std::io::Error) -> PyErr {
     let errno = err.raw_os_error().unwrap_or(0);
     let text = err.to_string();
     let suffix = format!(" (os error {errno})");
@@ -212,7 +213,7 @@ impl LoopCore {
     }
 
     /// The body of `call_soon` and `call_soon_threadsafe`: checks, a new handle, queued.
-    fn soon<'py>(
+    pub(crate) fn soon<'py>(
         &'py self,
         py: Python<'py>,
         method: &str,
@@ -300,7 +301,7 @@ impl LoopCore {
 
     /// Registers `callback(*args)` as the reader (or writer) of `fd`, replacing any previous one,
     /// which is cancelled.
-    fn add_io(
+    pub(crate) fn add_io(
         &self,
         py: Python<'_>,
         fd: RawFd,
@@ -342,8 +343,20 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Whether `fd` has a reader and whether it has a writer (for transport reprs).
+    pub(crate) fn io_registered(&self, py: Python<'_>, fd: RawFd) -> (bool, bool) {
+        let st = self.state.borrow(py);
+        st.io
+            .get(fd)
+            .map_or((false, false), |e| (e.reader.is_some(), e.writer.is_some()))
+    }
+
+    pub(crate) fn debug_enabled(&self) -> bool {
+        self.shared.debug()
+    }
+
     /// Removes the reader (or writer) of `fd`; true if there was one.
-    fn remove_io(&self, py: Python<'_>, fd: RawFd, writer: bool) -> PyResult<bool> {
+    pub(crate) fn remove_io(&self, py: Python<'_>, fd: RawFd, writer: bool) -> PyResult<bool> {
         let removed = {
             let mut st = self.state.borrow_mut(py);
             let Some(poller) = st.poller.clone() else {
@@ -475,7 +488,7 @@ impl LoopCore {
     }
 
     /// `asyncio.Future(loop=self)`.
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kwargs = LoopCore::loop_kwargs(slf)?;
         FUTURE_TYPE
@@ -483,7 +496,7 @@ impl LoopCore {
             .call((), Some(&kwargs))
     }
 
-    fn is_closed(&self, py: Python<'_>) -> bool {
+    pub(crate) fn is_closed(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).poller.is_none()
     }
 

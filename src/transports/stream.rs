@@ -1,0 +1,1198 @@
+//! `StreamTransport`: the TCP and Unix stream transport, with the semantics of the stock
+//! `selector_events._SelectorSocketTransport`, read and write paths in Rust.
+//!
+//! What the stock transport does, and so this one:
+//! - Creation schedules, in this order, `protocol.connection_made(transport)`, the start of
+//!   reading, and the waiter's result, all with `call_soon`: the protocol sees data only after
+//!   `connection_made`, and the waiter wakes after both.
+//! - Reading: one `recv` (256 KiB at most) per readiness event, handed to `data_received`, or,
+//!   for a `BufferedProtocol`, received straight into the buffer `get_buffer(-1)` returns and
+//!   announced with `buffer_updated(n)`. End of stream calls `eof_received()`; a true result
+//!   keeps the transport open for writing, anything else closes it.
+//! - Writing: `write` sends at once when nothing is waiting and buffers only the rest; the buffer
+//!   is flushed when the socket becomes writable. Above the high-water mark the protocol's
+//!   `pause_writing()` is called once, and `resume_writing()` once it drains to the low-water
+//!   mark.
+//! - `close()` stops reading and lets the buffer drain before `connection_lost(None)`;
+//!   `abort()` and fatal errors drop the buffer. `connection_lost` is called exactly once, from
+//!   a `call_soon` callback (or straight from the flush that empties the buffer of a closing
+//!   transport), and then the socket is closed and the server told.
+//! - Errors: an `OSError` from the socket ends the connection quietly (logged only in debug
+//!   mode) and reaches `connection_lost(exc)`; any other exception from the protocol goes to the
+//!   loop's exception handler first. `SystemExit` and `KeyboardInterrupt` propagate.
+//!
+//! The transport's own callbacks (`_read_ready`, `_write_ready`) are registered with the loop
+//! as the fd's reader and writer, so they run in the ready queue in the stock loop's order.
+//!
+//! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
+//! every protocol method may call back into the transport.
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyConnectionError, PyKeyboardInterrupt, PyOSError, PyResourceWarning, PyRuntimeError,
+    PySystemExit, PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::core::buffer::WriteBuffer;
+use crate::core::sys;
+use crate::event_loop::{os_error, CallArgs, LoopCore};
+use crate::gil_cell::GilCell;
+
+/// The most one read takes, as the stock transport's `max_size`.
+const MAX_READ: usize = 256 * 1024;
+
+/// Writes after the connection is lost are counted; from this many on, each logs a warning
+/// (the stock `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+thread_local! {
+    /// Where `recv` puts the bytes before they become a `bytes` object: one per thread rather
+    /// than one per connection, since only one read runs at a time.
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    LOGGER
+        .import(py, "asyncio.log", "logger")
+        .map(|l| l.as_any())
+}
+
+/// How the protocol takes data, decided by `set_protocol`.
+enum Reader {
+    /// `None` for a protocol without `data_received`: looking it up again when data arrives
+    /// raises the AttributeError the stock transport reports then.
+    Data { data_received: Option<Py<PyAny>> },
+    Buffered {
+        get_buffer: Py<PyAny>,
+        buffer_updated: Py<PyAny>,
+    },
+}
+
+struct State {
+    /// `None` once `connection_lost` has run, as the stock transport drops its loop.
+    event_loop: Option<Py<LoopCore>>,
+    /// `None` once closed (after `connection_lost`).
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    reader: Option<Reader>,
+    protocol_connected: bool,
+    extra: Py<PyDict>,
+    server: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    /// Non-zero once `connection_lost` is scheduled; then counts writes attempted since.
+    conn_lost: u32,
+    closing: bool,
+    paused: bool,
+    eof: bool,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    /// The future `loop.sendfile` waits on for the buffer to empty.
+    empty_waiter: Option<Py<PyAny>>,
+    /// Bound `_read_ready` / `_write_ready`, made once and registered with the loop.
+    read_ready: Option<Py<PyAny>>,
+    write_ready: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._core", frozen, weakref)]
+pub struct StreamTransport {
+    fd: RawFd,
+    state: GilCell<State>,
+}
+
+/// What a read produced, decided before any Python code runs.
+enum ReadOutcome<'py> {
+    Data(Bound<'py, PyBytes>),
+    Count(usize),
+    Eof,
+    WouldBlock,
+    Failed(PyErr),
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// Runs `op` again after a signal interrupts it, running the Python signal handlers first (as
+/// Python's own socket methods do, PEP 475); a handler's exception propagates.
+fn retry_eintr<T>(
+    py: Python<'_>,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> PyResult<std::io::Result<T>> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Bytes-like data `write` accepts: `bytes`, `bytearray` or `memoryview`, as the stock check.
+fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: the type checks only read the object's type.
+    let ok = data.is_instance_of::<PyBytes>()
+        || data.is_instance_of::<PyByteArray>()
+        || unsafe { ffi::PyMemoryView_Check(data.as_ptr()) } != 0;
+    if ok {
+        return Ok(());
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )))
+}
+
+/// A contiguous view of a buffer-protocol object, released on drop.
+struct BufferView(ffi::Py_buffer);
+
+impl BufferView {
+    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: `view` is writable storage for a Py_buffer; on success it is filled and must be
+        // released once, which Drop does.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
+        Ok(BufferView(unsafe { view.assume_init() }))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.0.len <= 0 || self.0.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a simple (contiguous) buffer of `len` bytes at `buf`, alive until release.
+        unsafe { std::slice::from_raw_parts(self.0.buf.cast::<u8>(), self.0.len as usize) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.0.len <= 0 || self.0.buf.is_null() {
+            return &mut [];
+        }
+        // SAFETY: as `as_slice`, and the buffer was requested writable.
+        unsafe { std::slice::from_raw_parts_mut(self.0.buf.cast::<u8>(), self.0.len as usize) }
+    }
+}
+
+impl Drop for BufferView {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released once;
+        // views exist only while the GIL is held.
+        unsafe { ffi::PyBuffer_Release(&mut self.0) };
+    }
+}
+
+impl StreamTransport {
+    fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.state
+            .borrow(py)
+            .event_loop
+            .as_ref()
+            .map(|l| l.bind(py).clone())
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop(py).is_some_and(|l| l.get().debug_enabled())
+    }
+
+    fn call_soon<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+        args: CallArgs<'py>,
+    ) -> PyResult<()> {
+        if let Some(lp) = self.event_loop(py) {
+            lp.get().soon(py, "call_soon", true, callback, args, None)?;
+        }
+        Ok(())
+    }
+
+    fn set_io(&self, py: Python<'_>, writer: bool, on: bool) -> PyResult<()> {
+        let Some(lp) = self.event_loop(py) else {
+            return Ok(());
+        };
+        if !on {
+            lp.get().remove_io(py, self.fd, writer)?;
+            return Ok(());
+        }
+        let callback = {
+            let st = self.state.borrow(py);
+            let cb = if writer {
+                &st.write_ready
+            } else {
+                &st.read_ready
+            };
+            match cb {
+                Some(cb) => cb.bind(py).clone(),
+                None => return Ok(()),
+            }
+        };
+        lp.get()
+            .add_io(py, self.fd, writer, callback, PyTuple::empty(py))
+    }
+
+    fn log_debug(slf: &Bound<'_, Self>, text: &str) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().debug(py) {
+            logger(py)?.call_method1(intern!(py, "debug"), (text, slf))?;
+        }
+        Ok(())
+    }
+
+    fn is_reading_now(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    /// Registers the reader unless reading is paused or the transport is closing.
+    fn start_reading(&self, py: Python<'_>) -> PyResult<()> {
+        if self.is_reading_now(py) {
+            self.set_io(py, false, true)?;
+        }
+        Ok(())
+    }
+
+    fn call_exception_handler(
+        slf: &Bound<'_, Self>,
+        message: &str,
+        exc: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(lp) = slf.get().event_loop(py) else {
+            return Ok(());
+        };
+        let context = PyDict::new(py);
+        context.set_item(intern!(py, "message"), message)?;
+        context.set_item(intern!(py, "exception"), exc)?;
+        context.set_item(intern!(py, "transport"), slf)?;
+        context.set_item(intern!(py, "protocol"), Self::protocol_of(slf))?;
+        lp.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        Ok(())
+    }
+
+    fn protocol_of<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get()
+            .state
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.bind(py).clone())
+    }
+
+    /// An error that ends the connection: reported (quietly for `OSError`), then `_force_close`.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let exc = err.into_value(py).into_bound(py).into_any();
+        if exc.is_instance_of::<PyOSError>() {
+            if slf.get().debug(py) {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "exc_info"), &exc)?;
+                logger(py)?.call_method(
+                    intern!(py, "debug"),
+                    ("%r: %s", slf, message),
+                    Some(&kwargs),
+                )?;
+            }
+        } else {
+            Self::call_exception_handler(slf, message, &exc)?;
+        }
+        Self::force_close(slf, Some(exc))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !st.buffer.is_empty();
+            st.buffer.clear();
+            let was_closing = st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (had_buffer, was_closing)
+        };
+        if had_buffer {
+            this.set_io(py, true, false)?;
+        }
+        if !was_closing {
+            this.set_io(py, false, false)?;
+        }
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        let arg = exc.unwrap_or_else(|| py.None().into_bound(py));
+        this.call_soon(py, callback, CallArgs::One(arg))
+    }
+
+    /// Calls a flow-control method of the protocol; its failure goes to the exception handler.
+    fn call_flow_control(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
+        let Some(protocol) = Self::protocol_of(slf) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.call_method0(method) {
+            if is_exit(slf.py(), &err) {
+                return Err(err);
+            }
+            let exc = err.into_value(slf.py()).into_bound(slf.py()).into_any();
+            Self::call_exception_handler(slf, &format!("protocol.{method}() failed"), &exc)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let pause = {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            if st.buffer.len() <= st.high_water || st.protocol_paused {
+                false
+            } else {
+                st.protocol_paused = true;
+                true
+            }
+        };
+        if pause {
+            Self::call_flow_control(slf, "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let resume = {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            if st.protocol_paused && st.buffer.len() <= st.low_water {
+                st.protocol_paused = false;
+                true
+            } else {
+                false
+            }
+        };
+        if resume {
+            Self::call_flow_control(slf, "resume_writing")?;
+        }
+        Ok(())
+    }
+
+    /// A Python exception for a failed system call.
+    fn io_exc(err: std::io::Error) -> PyErr {
+        os_error(err)
+    }
+
+    /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
+    fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<'py>> {
+        let fd = self.fd;
+        let got = retry_eintr(py, || {
+            READ_BUFFER.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < MAX_READ {
+                    buf.resize(MAX_READ, 0);
+                }
+                sys::recv(fd, &mut buf[..]).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+            })
+        })?;
+        Ok(match got {
+            Ok(Some(data)) => ReadOutcome::Data(data),
+            Ok(None) => ReadOutcome::Eof,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
+        })
+    }
+
+    /// One `recv` into the buffered protocol's buffer.
+    fn read_into<'py>(
+        &self,
+        py: Python<'py>,
+        buf: &Bound<'py, PyAny>,
+    ) -> PyResult<ReadOutcome<'py>> {
+        let mut view = match BufferView::new(buf, true) {
+            Ok(v) => v,
+            Err(err) => return Ok(ReadOutcome::Failed(err)),
+        };
+        let fd = self.fd;
+        let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()))?;
+        drop(view);
+        Ok(match got {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => ReadOutcome::Count(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
+        })
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::log_debug(slf, "%r received EOF")?;
+        let Some(protocol) = Self::protocol_of(slf) else {
+            return Ok(());
+        };
+        let keep_open = match protocol
+            .call_method0(intern!(py, "eof_received"))
+            .and_then(|r| r.is_truthy())
+        {
+            Ok(keep) => keep,
+            Err(err) if is_exit(py, &err) => return Err(err),
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
+            }
+        };
+        if keep_open {
+            slf.get().set_io(py, false, false)
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    /// Reports a protocol callback's failure (exits propagate).
+    fn protocol_call_result(
+        slf: &Bound<'_, Self>,
+        result: PyResult<Bound<'_, PyAny>>,
+        message: &str,
+    ) -> PyResult<()> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_exit(slf.py(), &err) => Err(err),
+            Err(err) => Self::fatal_error(slf, err, message),
+        }
+    }
+
+    /// The data of a `write`: sent at once if nothing waits, the rest buffered.
+    fn write_slice(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let buffered = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost += 1;
+                drop(st);
+                if warn {
+                    logger(py)?.call_method1(
+                        intern!(py, "warning"),
+                        ("socket.send() raised exception.",),
+                    )?;
+                }
+                return Ok(());
+            }
+            !st.buffer.is_empty()
+        };
+        let mut rest = data;
+        if !buffered {
+            match retry_eintr(py, || sys::send(this.fd, data))? {
+                Ok(n) => {
+                    rest = &data[n.min(data.len())..];
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        Self::io_exc(e),
+                        "Fatal write error on socket transport",
+                    )
+                }
+            }
+            this.set_io(py, true, true)?;
+        }
+        this.state.borrow_mut(py).buffer.push(rest);
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).sock.is_none() {
+            return Ok(());
+        }
+        sys::shutdown_write(self.fd).map_err(Self::io_exc)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            st.buffer.is_empty()
+        };
+        this.set_io(py, false, false)?;
+        if empty {
+            this.state.borrow_mut(py).conn_lost += 1;
+            this.set_io(py, true, false)?;
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            this.call_soon(py, callback, CallArgs::One(py.None().into_bound(py)))?;
+        }
+        Ok(())
+    }
+
+    fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered_type =
+            BUFFERED_PROTOCOL.import(py, "asyncio.protocols", "BufferedProtocol")?;
+        let reader = if protocol.is_instance(buffered_type)? {
+            Reader::Buffered {
+                get_buffer: protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+                buffer_updated: protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+            }
+        } else {
+            // A protocol without `data_received` fails when data arrives, as in the stock loop.
+            Reader::Data {
+                data_received: protocol
+                    .getattr(intern!(py, "data_received"))
+                    .ok()
+                    .map(Bound::unbind),
+            }
+        };
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.protocol_connected = true;
+            (
+                st.protocol.replace(protocol.clone().unbind()),
+                st.reader.replace(reader),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn repr_text(&self, py: Python<'_>) -> String {
+        let (closed, closing, bufsize) = {
+            let st = self.state.borrow(py);
+            (st.sock.is_none(), st.closing, st.buffer.len())
+        };
+        let mut info = vec!["StreamTransport".to_owned()];
+        if closed {
+            info.push("closed".into());
+        } else if closing {
+            info.push("closing".into());
+        }
+        info.push(format!("fd={}", self.fd));
+        if let Some(lp) = self.event_loop(py) {
+            if !lp.get().is_closed(py) {
+                let (reading, writing) = lp.get().io_registered(py, self.fd);
+                info.push(format!("read={}", if reading { "polling" } else { "idle" }));
+                let state = if writing { "polling" } else { "idle" };
+                info.push(format!("write=<{state}, bufsize={bufsize}>"));
+            }
+        }
+        format!("<{}>", info.join(" "))
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// `loop._make_socket_transport(sock, protocol, waiter, extra=, server=)`: a transport over
+    /// the connected, non-blocking `sock`, set up as the stock one (see the module doc).
+    #[staticmethod]
+    #[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None))]
+    fn _create<'py>(
+        event_loop: Bound<'py, LoopCore>,
+        sock: Bound<'py, PyAny>,
+        protocol: Bound<'py, PyAny>,
+        waiter: Option<Bound<'py, PyAny>>,
+        extra: Option<Bound<'py, PyAny>>,
+        server: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let py = event_loop.py();
+        let extra = match extra.filter(|e| !e.is_none()) {
+            Some(e) => match e.cast_into::<PyDict>() {
+                Ok(d) => d,
+                Err(e) => PyDict::from_sequence(&e.into_inner().call_method0("items")?)?,
+            },
+            None => PyDict::new(py),
+        };
+        let wrapper = TRANSPORT_SOCKET.import(py, "asyncio.trsock", "TransportSocket")?;
+        extra.set_item(intern!(py, "socket"), wrapper.call1((&sock,))?)?;
+        let sockname = match sock.call_method0(intern!(py, "getsockname")) {
+            Ok(name) => name,
+            Err(err) if err.is_instance_of::<PyOSError>(py) => py.None().into_bound(py),
+            Err(err) => return Err(err),
+        };
+        extra.set_item(intern!(py, "sockname"), sockname)?;
+        if !extra.contains(intern!(py, "peername"))? {
+            let peername = match sock.call_method0(intern!(py, "getpeername")) {
+                Ok(name) => name,
+                Err(err) if err.is_instance_of::<PyOSError>(py) => py.None().into_bound(py),
+                Err(err) => return Err(err),
+            };
+            extra.set_item(intern!(py, "peername"), peername)?;
+        }
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let server = server.filter(|s| !s.is_none());
+        let transport = Bound::new(
+            py,
+            StreamTransport {
+                fd,
+                state: GilCell::new(State {
+                    event_loop: Some(event_loop.clone().unbind()),
+                    sock: Some(sock.clone().unbind()),
+                    protocol: None,
+                    reader: None,
+                    protocol_connected: false,
+                    extra: extra.unbind(),
+                    server: server.as_ref().map(|s| s.clone().unbind()),
+                    buffer: WriteBuffer::default(),
+                    conn_lost: 0,
+                    closing: false,
+                    paused: false,
+                    eof: false,
+                    protocol_paused: false,
+                    high_water: DEFAULT_HIGH_WATER,
+                    low_water: DEFAULT_HIGH_WATER / 4,
+                    empty_waiter: None,
+                    read_ready: None,
+                    write_ready: None,
+                }),
+            },
+        )?;
+        let this = transport.get();
+        this.set_protocol_inner(py, &protocol)?;
+        {
+            let read_ready = transport.getattr(intern!(py, "_read_ready"))?.unbind();
+            let write_ready = transport.getattr(intern!(py, "_write_ready"))?.unbind();
+            let mut st = this.state.borrow_mut(py);
+            st.read_ready = Some(read_ready);
+            st.write_ready = Some(write_ready);
+        }
+        if let Some(server) = &server {
+            server.call_method1(intern!(py, "_attach"), (&transport,))?;
+        }
+        event_loop
+            .getattr(intern!(py, "_transports"))?
+            .set_item(fd, &transport)?;
+        set_nodelay(&sock)?;
+        let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
+        this.call_soon(
+            py,
+            connection_made,
+            CallArgs::One(transport.clone().into_any()),
+        )?;
+        let start = transport.getattr(intern!(py, "_start_reading"))?;
+        this.call_soon(py, start, CallArgs::Zero)?;
+        if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
+            let set_result = SET_RESULT_UNLESS_CANCELLED
+                .import(py, "asyncio.futures", "_set_result_unless_cancelled")?
+                .clone();
+            let args = PyTuple::new(py, [waiter, py.None().into_bound(py)])?;
+            this.call_soon(py, set_result, CallArgs::Many(args))?;
+        }
+        Ok(transport)
+    }
+
+    fn _start_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.start_reading(py)
+    }
+
+    /// The fd's reader: one read, handed to the protocol.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        enum Target<'py> {
+            Data(Option<Bound<'py, PyAny>>),
+            Buffered(Bound<'py, PyAny>, Bound<'py, PyAny>),
+        }
+        let target = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            match &st.reader {
+                Some(Reader::Data { data_received }) => {
+                    Target::Data(data_received.as_ref().map(|m| m.bind(py).clone()))
+                }
+                Some(Reader::Buffered {
+                    get_buffer,
+                    buffer_updated,
+                }) => {
+                    Target::Buffered(get_buffer.bind(py).clone(), buffer_updated.bind(py).clone())
+                }
+                None => return Ok(()),
+            }
+        };
+        match target {
+            Target::Data(data_received) => match this.read_bytes(py)? {
+                ReadOutcome::Data(data) => {
+                    let result = match data_received {
+                        Some(method) => method.call1((data,)),
+                        None => Self::protocol_of(slf)
+                            .unwrap_or_else(|| py.None().into_bound(py))
+                            .getattr(intern!(py, "data_received")),
+                    };
+                    Self::protocol_call_result(
+                        slf,
+                        result,
+                        "Fatal error: protocol.data_received() call failed.",
+                    )
+                }
+                ReadOutcome::Eof => Self::on_eof(slf),
+                ReadOutcome::WouldBlock | ReadOutcome::Count(_) => Ok(()),
+                ReadOutcome::Failed(err) => {
+                    Self::fatal_error(slf, err, "Fatal read error on socket transport")
+                }
+            },
+            Target::Buffered(get_buffer, buffer_updated) => {
+                let buf = match get_buffer.call1((-1,)).and_then(|b| {
+                    if b.len()? == 0 {
+                        Err(PyRuntimeError::new_err(
+                            "get_buffer() returned an empty buffer",
+                        ))
+                    } else {
+                        Ok(b)
+                    }
+                }) {
+                    Ok(b) => b,
+                    Err(err) if is_exit(py, &err) => return Err(err),
+                    Err(err) => {
+                        return Self::fatal_error(
+                            slf,
+                            err,
+                            "Fatal error: protocol.get_buffer() call failed.",
+                        )
+                    }
+                };
+                match this.read_into(py, &buf)? {
+                    ReadOutcome::Count(n) => Self::protocol_call_result(
+                        slf,
+                        buffer_updated.call1((n,)),
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                    ReadOutcome::Eof => Self::on_eof(slf),
+                    ReadOutcome::WouldBlock | ReadOutcome::Data(_) => Ok(()),
+                    ReadOutcome::Failed(err) => {
+                        Self::fatal_error(slf, err, "Fatal read error on socket transport")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fd's writer while data waits: flushes what the kernel takes.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).conn_lost > 0 {
+            return Ok(());
+        }
+        let sent = retry_eintr(py, || {
+            let st = this.state.borrow(py);
+            sys::send(this.fd, st.buffer.as_slice())
+        })?;
+        match sent {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+            Err(e) => {
+                this.set_io(py, true, false)?;
+                this.state.borrow_mut(py).buffer.clear();
+                let err = Self::io_exc(e);
+                let exc = err.value(py).clone().into_any();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                let waiter = this
+                    .state
+                    .borrow(py)
+                    .empty_waiter
+                    .as_ref()
+                    .map(|w| w.clone_ref(py));
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?;
+                }
+                Ok(())
+            }
+            Ok(n) => {
+                this.state.borrow_mut(py).buffer.consume(n);
+                Self::maybe_resume_protocol(slf)?;
+                let (empty, closing, eof, waiter) = {
+                    let st = this.state.borrow(py);
+                    (
+                        st.buffer.is_empty(),
+                        st.closing,
+                        st.eof,
+                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                    )
+                };
+                if !empty {
+                    return Ok(());
+                }
+                this.set_io(py, true, false)?;
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+                }
+                if closing {
+                    Self::_call_connection_lost(slf, py.None().into_bound(py))
+                } else if eof {
+                    this.shutdown_write(py)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        check_bytes_like(data)?;
+        {
+            let st = slf.get().state.borrow(py);
+            if st.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+        }
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            if bytes.as_bytes().is_empty() {
+                return Ok(());
+            }
+            return Self::write_slice(slf, bytes.as_bytes());
+        }
+        // A bytearray or memoryview: its bytes are copied out first, so no Python code that
+        // runs during the write (a protocol's pause_writing) can resize it under us.
+        let view = BufferView::new(data, false)?;
+        let copy = view.as_slice().to_vec();
+        drop(view);
+        if copy.is_empty() {
+            return Ok(());
+        }
+        Self::write_slice(slf, &copy)
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if empty {
+            self.shutdown_write(py)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Stops reading and closes once the buffer has drained: `connection_lost(None)` follows.
+    #[pyo3(name = "close")]
+    fn py_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close(slf)
+    }
+
+    /// Closes at once: the buffer is dropped, `connection_lost(None)` follows.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let exc = (!exc.is_none()).then_some(exc);
+        Self::force_close(slf, exc)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected) = {
+            let st = this.state.borrow(py);
+            (
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.protocol_connected,
+            )
+        };
+        let result = match (protocol, connected) {
+            (Some(p), true) => p
+                .call_method1(py, intern!(py, "connection_lost"), (&exc,))
+                .map(drop),
+            _ => Ok(()),
+        };
+        let (sock, garbage, server) = {
+            let mut st = this.state.borrow_mut(py);
+            let garbage = (
+                st.protocol.take(),
+                st.reader.take(),
+                st.event_loop.take(),
+                st.read_ready.take(),
+                st.write_ready.take(),
+            );
+            (st.sock.take(), garbage, st.server.take())
+        };
+        if let Some(sock) = sock {
+            sock.call_method0(py, intern!(py, "close"))?;
+        }
+        drop(garbage);
+        if let Some(server) = server {
+            server.call_method1(py, intern!(py, "_detach"), (slf,))?;
+        }
+        result?;
+        let waiter = this
+            .state
+            .borrow(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        if let Some(waiter) = waiter {
+            let err = PyConnectionError::new_err("Connection is closed by peer");
+            waiter.call_method1(py, intern!(py, "set_exception"), (err.value(py),))?;
+        }
+        Ok(())
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.is_reading_now(py)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.is_reading_now(py) {
+            return Ok(());
+        }
+        this.state.borrow_mut(py).paused = true;
+        this.set_io(py, false, false)?;
+        Self::log_debug(slf, "%r pauses reading")
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        this.start_reading(py)?;
+        Self::log_debug(slf, "%r resumes reading")
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.set_protocol_inner(py, protocol)
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let extra = self.state.borrow(py).extra.clone_ref(py);
+        match extra.bind(py).get_item(name)? {
+            Some(value) => Ok(value),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low_water, st.high_water)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            st.high_water = high as usize;
+            st.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// For `loop.sendfile`: a future done once the write buffer is empty.
+    fn _make_empty_waiter<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let lp = self
+            .event_loop(py)
+            .ok_or_else(|| PyRuntimeError::new_err("Transport is closed"))?;
+        let waiter = LoopCore::create_future(&lp)?;
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            st.empty_waiter = Some(waiter.clone().unbind());
+            st.buffer.is_empty()
+        };
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter)
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.state
+            .borrow(py)
+            .event_loop
+            .as_ref()
+            .map(|l| l.clone_ref(py))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.repr_text(py)
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(st) = self.state.try_borrow_in_gc() else {
+            return Ok(());
+        };
+        visit.call(&st.event_loop)?;
+        visit.call(&st.protocol)?;
+        match &st.reader {
+            Some(Reader::Data { data_received }) => visit.call(data_received)?,
+            Some(Reader::Buffered {
+                get_buffer,
+                buffer_updated,
+            }) => {
+                visit.call(get_buffer)?;
+                visit.call(buffer_updated)?;
+            }
+            None => {}
+        }
+        visit.call(&st.extra)?;
+        visit.call(&st.server)?;
+        visit.call(&st.empty_waiter)?;
+        visit.call(&st.read_ready)?;
+        visit.call(&st.write_ready)?;
+        Ok(())
+    }
+
+    /// Breaks cycles; the socket stays, so that the transport's drop can warn and close it.
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let garbage = {
+                let mut st = self.state.borrow_mut(py);
+                (
+                    st.event_loop.take(),
+                    st.protocol.take(),
+                    st.reader.take(),
+                    st.server.take(),
+                    st.empty_waiter.take(),
+                    st.read_ready.take(),
+                    st.write_ready.take(),
+                )
+            };
+            drop(garbage);
+        });
+    }
+}
+
+impl Drop for StreamTransport {
+    /// An unclosed transport: the stock `ResourceWarning`, and the socket closed.
+    fn drop(&mut self) {
+        Python::attach(|py| {
+            let Some(sock) = self.state.borrow_mut(py).sock.take() else {
+                return;
+            };
+            let message = format!("unclosed transport <StreamTransport fd={}>", self.fd);
+            if let Err(err) = PyErr::warn(
+                py,
+                &py.get_type::<PyResourceWarning>(),
+                &std::ffi::CString::new(message).unwrap_or_default(),
+                1,
+            ) {
+                err.write_unraisable(py, None);
+            }
+            if let Err(err) = sock.call_method0(py, intern!(py, "close")) {
+                err.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+/// TCP_NODELAY on TCP sockets, as the stock loop's `_set_nodelay`: small writes leave at once.
+fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
+    let kind: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
+    let proto: i32 = sock.getattr(intern!(py, "proto"))?.extract()?;
+    if (family == libc::AF_INET || family == libc::AF_INET6)
+        && kind == libc::SOCK_STREAM
+        && proto == libc::IPPROTO_TCP
+    {
+        sock.call_method1(
+            intern!(py, "setsockopt"),
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+        )?;
+    }
+    Ok(())
+}
