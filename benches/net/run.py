@@ -1,0 +1,172 @@
+"""Network benchmarks: echo servers written three ways, a minimal HTTP server, and one 1 GiB
+upload, each on every loop, side by side.
+
+    python benches/net/run.py [--rounds 5] [--seconds 5] [--cases ...] [--loops ...] [--markdown]
+
+The client is `benches/loadgen` (Rust, one thread, non-blocking; built here with cargo on first
+use). For every sample a fresh server process (`server.py LOOP MODE`) is started, the client runs
+a one-second warm-up and then the measured window, and the server's user and system CPU time over
+that window are read from /proc/PID/stat. Reported per loop: requests per second, CPU time per
+request (user and system apart, in microseconds) and the server's peak RSS (VmHWM). On a 2-core
+machine the request rate is bound by the kernel and the client, so CPU per request is the steadier
+figure. Rounds are interleaved (round, case, loop, with the loop order rotated every round) and
+each figure is the median over rounds.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOADGEN_DIR = HERE.parent / "loadgen"
+LOADGEN = LOADGEN_DIR / "target" / "release" / "loadgen"
+LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cases():
+    """name -> (server mode, loadgen arguments after the address, whether it is timed by rounds)."""
+    table = {}
+    for mode in ("sock", "streams", "protocol"):
+        for size, label in ((1024, "1k"), (10 * 1024, "10k"), (100 * 1024, "100k")):
+            for conns in (1, 32):
+                table[f"echo-{mode}-{label}-c{conns}"] = (mode, ["echo", "{addr}", str(conns), str(size), "{seconds}"])
+    table["http-c64"] = ("http", ["http", "{addr}", "64", "{seconds}"])
+    table["push-1g"] = ("push", ["push", "{addr}", str(1 << 30)])
+    return table
+
+
+def build_loadgen():
+    if not LOADGEN.exists():
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True)
+
+
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])  # utime, stime
+
+
+def peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sample(loop, case, seconds):
+    mode, template = cases()[case]
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "server.py"), loop, mode], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        ready = server.stdout.readline().split()
+        if not ready or ready[0] != "READY":
+            raise RuntimeError(f"{loop} server did not start for {case}")
+        addr = f"127.0.0.1:{ready[1]}"
+        args = [a.format(addr=addr, seconds=seconds) for a in template]
+        client = subprocess.Popen([str(LOADGEN), *args], stdout=subprocess.PIPE, text=True)
+        warm = args[0] != "push"
+        if warm:
+            time.sleep(1.0)  # the client's warm-up second
+        before = cpu_ticks(server.pid)
+        out, _ = client.communicate(timeout=600)
+        after = cpu_ticks(server.pid)
+        if client.returncode != 0:
+            raise RuntimeError(f"loadgen failed on {loop} {case}")
+        result = json.loads(out)
+        count = result.get("requests") or 1
+        user = (after[0] - before[0]) / TICKS
+        system = (after[1] - before[1]) / TICKS
+        return {
+            "rps": result.get("rps") or result.get("mib_per_s"),
+            "user_us": user / count * 1e6,
+            "sys_us": system / count * 1e6,
+            "user_s": user,
+            "sys_s": system,
+            "rss_mib": peak_rss_kib(server.pid) / 1024,
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def available(loops):
+    ok = []
+    for loop in loops:
+        probe = "import asyncio" if loop == "asyncio" else f"import {loop}"
+        if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
+            ok.append(loop)
+        else:
+            print(f"skipping {loop}: not installed", file=sys.stderr)
+    return ok
+
+
+def report(results, loops, markdown):
+    lines = []
+    head = ["case", "loop", "rate", "user µs/req", "sys µs/req", "peak RSS MiB"]
+    if markdown:
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+    else:
+        lines.append("  ".join(f"{h:>14}" for h in head))
+    for case, per_loop in results.items():
+        for loop in loops:
+            samples = per_loop.get(loop) or []
+            if not samples:
+                continue
+            med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            unit = "MiB/s" if case.startswith("push") else "req/s"
+            cells = [case, loop, f"{med['rps']:.0f} {unit}"]
+            if case.startswith("push"):
+                cells += [f"{med['user_s']:.2f} s", f"{med['sys_s']:.2f} s"]
+            else:
+                cells += [f"{med['user_us']:.1f}", f"{med['sys_us']:.1f}"]
+            cells.append(f"{med['rss_mib']:.1f}")
+            if markdown:
+                lines.append("| " + " | ".join(cells) + " |")
+            else:
+                lines.append("  ".join(f"{c:>14}" for c in cells))
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--cases", default=",".join(cases()))
+    parser.add_argument("--loops", default=",".join(LOOPS))
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--json", help="write every sample to this file")
+    args = parser.parse_args()
+    build_loadgen()
+    loops = available(args.loops.split(","))
+    chosen = args.cases.split(",")
+    results = {case: {} for case in chosen}
+    for rnd in range(args.rounds):
+        order = loops[rnd % len(loops):] + loops[: rnd % len(loops)]
+        for case in chosen:
+            for loop in order:
+                try:
+                    s = sample(loop, case, args.seconds)
+                except Exception as exc:  # one failed sample is reported, the run goes on
+                    print(f"round {rnd + 1} {case} {loop}: FAILED {exc}", file=sys.stderr)
+                    continue
+                results[case].setdefault(loop, []).append(s)
+                print(f"round {rnd + 1} {case} {loop}: {s['rps']:.0f}/s user {s['user_us']:.1f} µs", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(report(results, loops, args.markdown))
+
+
+if __name__ == "__main__":
+    main()
