@@ -22,6 +22,7 @@ from ferroloop import _core, _hooks
 from ferroloop._datagram import DatagramMixin
 from ferroloop._fd import fileobj_to_fd, not_implemented
 from ferroloop._net import NetMixin
+from ferroloop._signals import SignalMixin
 from ferroloop._sock import SockMixin
 from ferroloop._tls import TlsMixin
 
@@ -38,7 +39,7 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.AbstractEventLoop):
+class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, SignalMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):
@@ -53,6 +54,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.
         self._asyncgens_shutdown_called = False
         # fd -> the transport that owns it, as in the stock selector loop.
         self._transports = weakref.WeakValueDictionary()
+        self._signal_handlers = {}
         self._set_debug(coroutines._is_debug_mode())
         self._prebind_c_callees()
 
@@ -125,7 +127,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.
             return None
 
     def _restore_signal_wakeup(self, old_fd):
-        if old_fd is None:
+        if old_fd is None or self._has_signal_handlers():
             return
         try:
             signal.set_wakeup_fd(old_fd)
@@ -165,6 +167,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.
             return
         if self.get_debug():
             logger.debug("Close %r", self)
+        self._remove_all_signal_handlers()
         self._close()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -396,6 +399,4 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, events.
         locals()[_name] = not_implemented(_name, "pipes")
     for _name in ("subprocess_exec", "subprocess_shell"):
         locals()[_name] = not_implemented(_name, "subprocesses")
-    for _name in ("add_signal_handler", "remove_signal_handler"):
-        locals()[_name] = not_implemented(_name, "signal handlers")
     del _name

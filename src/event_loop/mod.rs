@@ -60,6 +60,8 @@ pub struct LoopState {
     poller: Option<Arc<Poller>>,
     /// The socket pair whose write end is given to `signal.set_wakeup_fd` while running.
     signal_pair: Option<(OwnedFd, OwnedFd)>,
+    /// Signal numbers read from the wake-up socket, for `_process_signals`.
+    signal_numbers: Vec<u8>,
     /// Timers scheduled since the current iteration began. They join the heap when the next
     /// one begins (see `run::merge_new_timers`), so the timers an iteration runs are exactly
     /// those in the heap when it began.
@@ -407,6 +409,7 @@ impl LoopCore {
                 events: Vec::new(),
                 poller: Some(Arc::new(poller)),
                 signal_pair: Some(signal_pair),
+                signal_numbers: Vec::new(),
                 new_timers: Vec::new(),
                 loop_kwargs: None,
                 snapshots: Snapshots::default(),

@@ -22,7 +22,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use super::handle::Handle;
 use super::{current_thread_id, hooks, os_error, LoopCore, LoopState, SIGNAL_TOKEN};
@@ -170,7 +172,9 @@ fn wait(
     }
 }
 
-fn drain_signal_socket(st: &LoopState) {
+/// Reads the signal numbers CPython's C handler wrote to the wake-up socket into
+/// `st.signal_numbers` (their Python handlers have already been asked to run).
+fn drain_signal_socket(st: &mut LoopState) {
     if let Some((read_end, _)) = &st.signal_pair {
         let mut buf = [0u8; 256];
         loop {
@@ -179,6 +183,7 @@ fn drain_signal_socket(st: &LoopState) {
             if n <= 0 {
                 break;
             }
+            st.signal_numbers.extend_from_slice(&buf[..n as usize]);
         }
     }
 }
@@ -249,6 +254,12 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         if interrupted || signalled {
             py.check_signals()?;
+        }
+        let numbers = std::mem::take(&mut this.state.borrow_mut(py).signal_numbers);
+        if !numbers.is_empty() {
+            // `add_signal_handler`'s callbacks join the ready queue now, as in the stock loop,
+            // where the self-pipe is read among this iteration's events.
+            slf.call_method1(intern!(py, "_process_signals"), (PyBytes::new(py, &numbers),))?;
         }
     }
 
