@@ -22,6 +22,7 @@ from ferroloop import _core, _hooks
 from ferroloop._datagram import DatagramMixin
 from ferroloop._fd import fileobj_to_fd, not_implemented
 from ferroloop._net import NetMixin
+from ferroloop._pipes import PipeMixin
 from ferroloop._signals import SignalMixin
 from ferroloop._sock import SockMixin
 from ferroloop._tls import TlsMixin
@@ -39,7 +40,7 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, SignalMixin, events.AbstractEventLoop):
+class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMixin, SignalMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):
@@ -392,11 +393,3 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, SignalM
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """A TCP or Unix stream transport (Rust) over the connected non-blocking `sock`."""
         return _core.StreamTransport._create(self, sock, protocol, waiter, extra, server)
-
-    # -- not implemented yet ---------------------------------------------------------------
-
-    for _name in ("connect_read_pipe", "connect_write_pipe"):
-        locals()[_name] = not_implemented(_name, "pipes")
-    for _name in ("subprocess_exec", "subprocess_shell"):
-        locals()[_name] = not_implemented(_name, "subprocesses")
-    del _name
