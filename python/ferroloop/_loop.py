@@ -20,7 +20,7 @@ from asyncio.log import logger
 
 from ferroloop import _core, _hooks
 from ferroloop._datagram import DatagramMixin
-from ferroloop._fd import fileobj_to_fd, not_implemented
+from ferroloop._fd import fileobj_to_fd
 from ferroloop._net import NetMixin
 from ferroloop._pipes import PipeMixin
 from ferroloop._signals import SignalMixin
