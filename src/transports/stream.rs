@@ -60,6 +60,7 @@ static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static NOMINAL_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 thread_local! {
     /// Where `recv` puts the bytes before they become a `bytes` object: one per thread rather
@@ -1109,6 +1110,15 @@ impl StreamTransport {
 
     fn __repr__(&self, py: Python<'_>) -> String {
         self.repr_text(py)
+    }
+
+    /// `ferroloop._transports.StreamTransport`, a subclass of `asyncio.Transport`, so that
+    /// `isinstance(transport, asyncio.Transport)` holds (see that module's doc).
+    #[getter]
+    fn __class__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        NOMINAL_CLASS
+            .import(py, "ferroloop._transports", "StreamTransport")
+            .map(|c| c.clone().into_any())
     }
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
