@@ -259,7 +259,10 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if !numbers.is_empty() {
             // `add_signal_handler`'s callbacks join the ready queue now, as in the stock loop,
             // where the self-pipe is read among this iteration's events.
-            slf.call_method1(intern!(py, "_process_signals"), (PyBytes::new(py, &numbers),))?;
+            slf.call_method1(
+                intern!(py, "_process_signals"),
+                (PyBytes::new(py, &numbers),),
+            )?;
         }
     }
 
