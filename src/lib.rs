@@ -3,6 +3,7 @@
 pub mod core;
 mod event_loop;
 mod gil_cell;
+mod sock;
 mod transports;
 
 use pyo3::prelude::*;
@@ -14,6 +15,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Handle>()?;
     m.add_class::<event_loop::TimerHandle>()?;
     m.add_class::<transports::StreamTransport>()?;
+    transports::install_finalizers(m.py());
+    m.add_class::<sock::SockWaiter>()?;
+    m.add_function(wrap_pyfunction!(sock::sock_recv_start, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::sock_sendall_start, m)?)?;
     event_loop::install_free_lists(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -33,23 +33,25 @@ pub fn nonblocking_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends what the kernel takes of `data` on a connected socket; `EPIPE` is reported as an error,
-/// never as a signal.
+/// Sends what the kernel takes now of `data` on a connected socket, without blocking even on a
+/// blocking socket; `EPIPE` is reported as an error, never as a signal.
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
     // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
-    let n = syscall!(send(
-        fd,
-        data.as_ptr().cast(),
-        data.len(),
-        libc::MSG_NOSIGNAL
-    ))?;
+    let n = syscall!(send(fd, data.as_ptr().cast(), data.len(), flags))?;
     Ok(n as usize)
 }
 
-/// Receives at most `buf.len()` bytes; `Ok(0)` is end of stream.
+/// Receives at most `buf.len()` bytes without blocking, even on a blocking socket; `Ok(0)` is
+/// end of stream.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    let n = syscall!(recv(
+        fd,
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT
+    ))?;
     Ok(n as usize)
 }
 

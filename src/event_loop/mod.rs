@@ -302,15 +302,15 @@ impl LoopCore {
     }
 
     /// Registers `callback(*args)` as the reader (or writer) of `fd`, replacing any previous one,
-    /// which is cancelled.
-    pub(crate) fn add_io(
+    /// which is cancelled. Returns the new handle.
+    pub(crate) fn add_io<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         fd: RawFd,
         writer: bool,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
         let handle =
             self.new_handle(py, callback, CallArgs::from_tuple(args), None, None, false)?;
@@ -319,7 +319,7 @@ impl LoopCore {
             let poller = st.poller.clone().ok_or_else(closed_error)?;
             let existed = st.io.get(fd).is_some();
             let entry = st.io.insert(fd);
-            let replaced = entry.slot(writer).replace(handle.unbind());
+            let replaced = entry.slot(writer).replace(handle.clone().unbind());
             let interest = entry.interest();
             let result = if existed {
                 poller.reregister(fd, fd as u64, interest)
@@ -342,7 +342,7 @@ impl LoopCore {
         if let Some(old) = replaced {
             Handle::do_cancel(old.bind(py))?;
         }
-        Ok(())
+        Ok(handle.unbind())
     }
 
     /// Whether `fd` has a reader and whether it has a writer (for transport reprs).
@@ -553,23 +553,25 @@ impl LoopCore {
         }
     }
 
-    fn _add_reader(
+    /// The stock loop's private `_add_reader`: no fd ownership check; returns the handle.
+    fn _add_reader<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         fd: RawFd,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         self.add_io(py, fd, false, callback, args)
     }
 
-    fn _add_writer(
+    /// The stock loop's private `_add_writer`: no fd ownership check; returns the handle.
+    fn _add_writer<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         fd: RawFd,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         self.add_io(py, fd, true, callback, args)
     }
 

@@ -3,4 +3,4 @@
 
 mod stream;
 
-pub use stream::StreamTransport;
+pub use stream::{install as install_finalizers, StreamTransport};

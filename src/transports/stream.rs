@@ -30,6 +30,7 @@
 use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 
 use pyo3::exceptions::{
     PyConnectionError, PyKeyboardInterrupt, PyOSError, PyResourceWarning, PyRuntimeError,
@@ -40,7 +41,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyTuple};
-use pyo3::PyTraverseError;
+use pyo3::{PyTraverseError, PyTypeInfo};
 
 use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
@@ -74,24 +75,16 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|l| l.as_any())
 }
 
-/// How the protocol takes data, decided by `set_protocol`.
-enum Reader {
-    /// `None` for a protocol without `data_received`: looking it up again when data arrives
-    /// raises the AttributeError the stock transport reports then.
-    Data { data_received: Option<Py<PyAny>> },
-    Buffered {
-        get_buffer: Py<PyAny>,
-        buffer_updated: Py<PyAny>,
-    },
-}
-
 struct State {
     /// `None` once `connection_lost` has run, as the stock transport drops its loop.
     event_loop: Option<Py<LoopCore>>,
     /// `None` once closed (after `connection_lost`).
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
-    reader: Option<Reader>,
+    /// The protocol is a `BufferedProtocol` (decided by `set_protocol`): reads go through
+    /// `get_buffer`/`buffer_updated`. The methods are looked up at each read, as the stock
+    /// transport does, so replacing one on the protocol takes effect.
+    buffered: bool,
     protocol_connected: bool,
     extra: Py<PyDict>,
     server: Option<Py<PyAny>>,
@@ -154,8 +147,8 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     }
     Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
+        "data argument must be a bytes-like object, not {}",
+        data.get_type().name()?.repr()?
     )))
 }
 
@@ -250,7 +243,8 @@ impl StreamTransport {
             }
         };
         lp.get()
-            .add_io(py, self.fd, writer, callback, PyTuple::empty(py))
+            .add_io(py, self.fd, writer, callback, PyTuple::empty(py))?;
+        Ok(())
     }
 
     fn log_debug(slf: &Bound<'_, Self>, text: &str) -> PyResult<()> {
@@ -428,7 +422,14 @@ impl StreamTransport {
     ) -> PyResult<ReadOutcome<'py>> {
         let mut view = match BufferView::new(buf, true) {
             Ok(v) => v,
-            Err(err) => return Ok(ReadOutcome::Failed(err)),
+            Err(_) => {
+                // The error `socket.recv_into` gives for a buffer it cannot write to.
+                let message = format!(
+                    "recv_into() argument 'buffer' must be read-write bytes-like object, not {}",
+                    buf.get_type().name()?
+                );
+                return Ok(ReadOutcome::Failed(PyTypeError::new_err(message)));
+            }
         };
         let fd = self.fd;
         let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()))?;
@@ -556,27 +557,12 @@ impl StreamTransport {
     fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered_type =
             BUFFERED_PROTOCOL.import(py, "asyncio.protocols", "BufferedProtocol")?;
-        let reader = if protocol.is_instance(buffered_type)? {
-            Reader::Buffered {
-                get_buffer: protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
-                buffer_updated: protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
-            }
-        } else {
-            // A protocol without `data_received` fails when data arrives, as in the stock loop.
-            Reader::Data {
-                data_received: protocol
-                    .getattr(intern!(py, "data_received"))
-                    .ok()
-                    .map(Bound::unbind),
-            }
-        };
+        let buffered = protocol.is_instance(buffered_type)?;
         let old = {
             let mut st = self.state.borrow_mut(py);
             st.protocol_connected = true;
-            (
-                st.protocol.replace(protocol.clone().unbind()),
-                st.reader.replace(reader),
-            )
+            st.buffered = buffered;
+            st.protocol.replace(protocol.clone().unbind())
         };
         drop(old);
         Ok(())
@@ -654,7 +640,7 @@ impl StreamTransport {
                     event_loop: Some(event_loop.clone().unbind()),
                     sock: Some(sock.clone().unbind()),
                     protocol: None,
-                    reader: None,
+                    buffered: false,
                     protocol_connected: false,
                     extra: extra.unbind(),
                     server: server.as_ref().map(|s| s.clone().unbind()),
@@ -714,81 +700,61 @@ impl StreamTransport {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        enum Target<'py> {
-            Data(Option<Bound<'py, PyAny>>),
-            Buffered(Bound<'py, PyAny>, Bound<'py, PyAny>),
-        }
-        let target = {
+        let (protocol, buffered) = {
             let st = this.state.borrow(py);
             if st.conn_lost > 0 {
                 return Ok(());
             }
-            match &st.reader {
-                Some(Reader::Data { data_received }) => {
-                    Target::Data(data_received.as_ref().map(|m| m.bind(py).clone()))
-                }
-                Some(Reader::Buffered {
-                    get_buffer,
-                    buffer_updated,
-                }) => {
-                    Target::Buffered(get_buffer.bind(py).clone(), buffer_updated.bind(py).clone())
-                }
+            match &st.protocol {
+                Some(p) => (p.bind(py).clone(), st.buffered),
                 None => return Ok(()),
             }
         };
-        match target {
-            Target::Data(data_received) => match this.read_bytes(py)? {
-                ReadOutcome::Data(data) => {
-                    let result = match data_received {
-                        Some(method) => method.call1((data,)),
-                        None => Self::protocol_of(slf)
-                            .unwrap_or_else(|| py.None().into_bound(py))
-                            .getattr(intern!(py, "data_received")),
-                    };
-                    Self::protocol_call_result(
-                        slf,
-                        result,
-                        "Fatal error: protocol.data_received() call failed.",
-                    )
-                }
+        if !buffered {
+            return match this.read_bytes(py)? {
+                ReadOutcome::Data(data) => Self::protocol_call_result(
+                    slf,
+                    protocol.call_method1(intern!(py, "data_received"), (data,)),
+                    "Fatal error: protocol.data_received() call failed.",
+                ),
                 ReadOutcome::Eof => Self::on_eof(slf),
                 ReadOutcome::WouldBlock | ReadOutcome::Count(_) => Ok(()),
                 ReadOutcome::Failed(err) => {
                     Self::fatal_error(slf, err, "Fatal read error on socket transport")
                 }
-            },
-            Target::Buffered(get_buffer, buffer_updated) => {
-                let buf = match get_buffer.call1((-1,)).and_then(|b| {
-                    if b.len()? == 0 {
-                        Err(PyRuntimeError::new_err(
-                            "get_buffer() returned an empty buffer",
-                        ))
-                    } else {
-                        Ok(b)
-                    }
-                }) {
-                    Ok(b) => b,
-                    Err(err) if is_exit(py, &err) => return Err(err),
-                    Err(err) => {
-                        return Self::fatal_error(
-                            slf,
-                            err,
-                            "Fatal error: protocol.get_buffer() call failed.",
-                        )
-                    }
-                };
-                match this.read_into(py, &buf)? {
-                    ReadOutcome::Count(n) => Self::protocol_call_result(
-                        slf,
-                        buffer_updated.call1((n,)),
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    ),
-                    ReadOutcome::Eof => Self::on_eof(slf),
-                    ReadOutcome::WouldBlock | ReadOutcome::Data(_) => Ok(()),
-                    ReadOutcome::Failed(err) => {
-                        Self::fatal_error(slf, err, "Fatal read error on socket transport")
-                    }
+            };
+        }
+        let buf = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|b| {
+                if b.len()? == 0 {
+                    Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ))
+                } else {
+                    Ok(b)
                 }
+            }) {
+            Ok(b) => b,
+            Err(err) if is_exit(py, &err) => return Err(err),
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
+        };
+        match this.read_into(py, &buf)? {
+            ReadOutcome::Count(n) => Self::protocol_call_result(
+                slf,
+                protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
+                "Fatal error: protocol.buffer_updated() call failed.",
+            ),
+            ReadOutcome::Eof => Self::on_eof(slf),
+            ReadOutcome::WouldBlock | ReadOutcome::Data(_) => Ok(()),
+            ReadOutcome::Failed(err) => {
+                Self::fatal_error(slf, err, "Fatal read error on socket transport")
             }
         }
     }
@@ -877,9 +843,13 @@ impl StreamTransport {
         }
         // A bytearray or memoryview: its bytes are copied out first, so no Python code that
         // runs during the write (a protocol's pause_writing) can resize it under us.
-        let view = BufferView::new(data, false)?;
-        let copy = view.as_slice().to_vec();
-        drop(view);
+        let copy = match BufferView::new(data, false) {
+            Ok(view) => view.as_slice().to_vec(),
+            // Not contiguous: the stock transport's `send` fails the same way, fatally.
+            Err(err) => {
+                return Self::fatal_error(slf, err, "Fatal write error on socket transport")
+            }
+        };
         if copy.is_empty() {
             return Ok(());
         }
@@ -947,7 +917,6 @@ impl StreamTransport {
             let mut st = this.state.borrow_mut(py);
             let garbage = (
                 st.protocol.take(),
-                st.reader.take(),
                 st.event_loop.take(),
                 st.read_ready.take(),
                 st.write_ready.take(),
@@ -1127,17 +1096,6 @@ impl StreamTransport {
         };
         visit.call(&st.event_loop)?;
         visit.call(&st.protocol)?;
-        match &st.reader {
-            Some(Reader::Data { data_received }) => visit.call(data_received)?,
-            Some(Reader::Buffered {
-                get_buffer,
-                buffer_updated,
-            }) => {
-                visit.call(get_buffer)?;
-                visit.call(buffer_updated)?;
-            }
-            None => {}
-        }
         visit.call(&st.extra)?;
         visit.call(&st.server)?;
         visit.call(&st.empty_waiter)?;
@@ -1154,7 +1112,6 @@ impl StreamTransport {
                 (
                     st.event_loop.take(),
                     st.protocol.take(),
-                    st.reader.take(),
                     st.server.take(),
                     st.empty_waiter.take(),
                     st.read_ready.take(),
@@ -1166,26 +1123,78 @@ impl StreamTransport {
     }
 }
 
-impl Drop for StreamTransport {
-    /// An unclosed transport: the stock `ResourceWarning`, and the socket closed.
-    fn drop(&mut self) {
-        Python::attach(|py| {
-            let Some(sock) = self.state.borrow_mut(py).sock.take() else {
-                return;
-            };
-            let message = format!("unclosed transport <StreamTransport fd={}>", self.fd);
-            if let Err(err) = PyErr::warn(
-                py,
-                &py.get_type::<PyResourceWarning>(),
-                &std::ffi::CString::new(message).unwrap_or_default(),
-                1,
-            ) {
-                err.write_unraisable(py, None);
-            }
-            if let Err(err) = sock.call_method0(py, intern!(py, "close")) {
-                err.write_unraisable(py, None);
-            }
+/// The `tp_dealloc` PyO3 gave the class, called after the finalizer (see `install`).
+static PYO3_DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
+
+/// `tp_finalize`: an unclosed transport gives the stock `ResourceWarning`, with the transport
+/// as its source (so tracemalloc can tell where it was made), and its socket is closed. Runs
+/// while the object is still whole: before `tp_clear` for garbage cycles, and from `dealloc`
+/// below otherwise.
+unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_finalize with the GIL held and `obj` alive.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `obj` is a live instance of this class (the slot is only on it).
+    let slf = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    let Ok(slf) = slf.cast_into::<StreamTransport>() else {
+        return;
+    };
+    // A finalizer must leave any exception being raised as it found it.
+    let pending = PyErr::take(py);
+    let this = slf.get();
+    if this.state.borrow(py).sock.is_some() {
+        let message = format!("unclosed transport {}", this.repr_text(py));
+        let warned = py.import("warnings").and_then(|w| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("source", &slf)?;
+            w.call_method(
+                "warn",
+                (message, py.get_type::<PyResourceWarning>()),
+                Some(&kwargs),
+            )
         });
+        if let Err(err) = warned {
+            err.write_unraisable(py, Some(&slf));
+        }
+        let sock = this.state.borrow_mut(py).sock.take();
+        if let Some(sock) = sock {
+            if let Err(err) = sock.call_method0(py, intern!(py, "close")) {
+                err.write_unraisable(py, Some(&slf));
+            }
+        }
+    }
+    if let Some(err) = pending {
+        err.restore(py);
+    }
+}
+
+/// `tp_dealloc`: the finalizer first (unless the collector ran it already), then PyO3's.
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called by CPython with the reference count at zero and the GIL held, which is
+    // what PyObject_CallFinalizerFromDealloc requires; a negative result means the finalizer
+    // resurrected the object, which must then not be freed.
+    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
+        return;
+    }
+    if let Some(pyo3_dealloc) = PYO3_DEALLOC.get() {
+        // SAFETY: PyO3's own dealloc for this class, on the object it was made for.
+        unsafe { pyo3_dealloc(obj) };
+    }
+}
+
+/// Gives the class its finalizer. Called once, when the module is imported.
+pub fn install(py: Python<'_>) {
+    let class = StreamTransport::type_object_raw(py);
+    // SAFETY: the class object is alive for the life of the module and not yet used; replacing
+    // its slots before any instance exists is what CPython's own C types do in their static
+    // definitions. PyType_Modified drops any cached lookups.
+    unsafe {
+        if let Some(pyo3_dealloc) = (*class).tp_dealloc {
+            if PYO3_DEALLOC.set(pyo3_dealloc).is_ok() {
+                (*class).tp_dealloc = Some(dealloc);
+                (*class).tp_finalize = Some(finalize);
+                ffi::PyType_Modified(class);
+            }
+        }
     }
 }
 

@@ -1,0 +1,287 @@
+//! The fast path of `loop.sock_recv`, `sock_recv_into` and `sock_sendall` for plain
+//! `socket.socket` objects: the `async def` methods in `ferroloop/_sock.py` call these first.
+//!
+//! Each tries the operation at once with a non-blocking system call (no Python exception when
+//! the kernel would block, which is most of what the stock methods cost). If it completes, the
+//! result is returned; otherwise a future is returned, completed by a `SockWaiter` registered as
+//! the fd's reader (or writer): the stock loop's `_sock_recv` / `_sock_sendall` callbacks. The
+//! waiter removes its registration itself when it completes the future, and a done callback
+//! removes it when the future is cancelled instead, unless another callback has replaced it on
+//! the fd meanwhile (the stock `_sock_read_done` check).
+//!
+//! Anything other than an exact `socket.socket` goes the stock way in `_sock.py`, so a subclass
+//! overriding `recv` or `send` keeps its behaviour.
+
+use std::io::ErrorKind;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::core::sys;
+use crate::event_loop::{os_error, Handle, LoopCore};
+use crate::gil_cell::GilCell;
+
+static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Largest `n` served from a reusable scratch buffer; larger reads allocate their own.
+const SCRATCH: usize = 256 * 1024;
+
+thread_local! {
+    static RECV_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What a waiter does each time its fd is ready.
+enum Op {
+    Recv { n: usize },
+    SendAll { data: Py<PyAny>, sent: usize },
+}
+
+struct Waiting {
+    event_loop: Py<LoopCore>,
+    future: Py<PyAny>,
+    handle: Option<Py<Handle>>,
+    op: Op,
+}
+
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct SockWaiter {
+    fd: RawFd,
+    state: GilCell<Waiting>,
+}
+
+/// The socket's fd if it is exactly a `socket.socket` (the fast path's condition), after the
+/// stock debug-mode check that it is non-blocking.
+fn plain_socket_fd(
+    event_loop: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+) -> PyResult<Option<RawFd>> {
+    let py = sock.py();
+    let socket_type = SOCKET_TYPE.import(py, "socket", "socket")?;
+    if !sock.get_type().is(socket_type) {
+        return Ok(None);
+    }
+    if event_loop.get().debug_enabled() {
+        let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+        if !timeout.eq(0)? {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+    }
+    Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
+}
+
+/// One non-blocking `recv` of at most `n` bytes: `Some(bytes)`, or `None` if it would block.
+fn recv_now<'py>(py: Python<'py>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    loop {
+        let got = if n <= SCRATCH {
+            RECV_SCRATCH.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < SCRATCH {
+                    buf.resize(SCRATCH, 0);
+                }
+                sys::recv(fd, &mut buf[..n]).map(|k| PyBytes::new(py, &buf[..k]))
+            })
+        } else {
+            let mut own = vec![0u8; n];
+            sys::recv(fd, &mut own).map(|k| PyBytes::new(py, &own[..k]))
+        };
+        match got {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,
+            Err(e) => return Err(os_error(e)),
+        }
+    }
+}
+
+/// Sends from `data[sent..]` until done or the kernel would block; returns the new position.
+fn send_now(py: Python<'_>, fd: RawFd, data: &[u8], mut sent: usize) -> PyResult<usize> {
+    while sent < data.len() {
+        match sys::send(fd, &data[sent..]) {
+            Ok(k) => sent += k,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,
+            Err(e) => return Err(os_error(e)),
+        }
+    }
+    Ok(sent)
+}
+
+fn bytes_of<'a>(data: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
+    data.cast::<PyBytes>()
+        .map(|b| b.as_bytes())
+        .map_err(|_| PyTypeError::new_err("expected bytes"))
+}
+
+impl SockWaiter {
+    /// Registers a waiter for `op` on `fd` and returns its future.
+    fn start<'py>(
+        event_loop: &Bound<'py, LoopCore>,
+        fd: RawFd,
+        writer: bool,
+        op: Op,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = event_loop.py();
+        let future = LoopCore::create_future(event_loop)?;
+        event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        let waiter = Bound::new(
+            py,
+            SockWaiter {
+                fd,
+                state: GilCell::new(Waiting {
+                    event_loop: event_loop.clone().unbind(),
+                    future: future.clone().unbind(),
+                    handle: None,
+                    op,
+                }),
+            },
+        )?;
+        let handle = event_loop.get().add_io(
+            py,
+            fd,
+            writer,
+            waiter.clone().into_any(),
+            PyTuple::empty(py),
+        )?;
+        waiter.get().state.borrow_mut(py).handle = Some(handle);
+        let done = waiter.getattr(intern!(py, "_done"))?;
+        future.call_method1(intern!(py, "add_done_callback"), (done,))?;
+        Ok(future)
+    }
+
+    fn writer(&self, py: Python<'_>) -> bool {
+        matches!(self.state.borrow(py).op, Op::SendAll { .. })
+    }
+
+    /// Takes the registration away if it is still this waiter's.
+    fn unregister(&self, py: Python<'_>) -> PyResult<()> {
+        let (event_loop, handle) = {
+            let mut st = self.state.borrow_mut(py);
+            (st.event_loop.clone_ref(py), st.handle.take())
+        };
+        if let Some(handle) = handle {
+            if !handle.get().is_cancelled() {
+                event_loop.get().remove_io(py, self.fd, self.writer(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the future with `outcome`, after unregistering and dropping the done callback
+    /// (which would only unregister again, one scheduled callback later).
+    fn finish(slf: &Bound<'_, Self>, outcome: PyResult<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.unregister(py)?;
+        let future = this.state.borrow(py).future.clone_ref(py).into_bound(py);
+        let done = slf.getattr(intern!(py, "_done"))?;
+        future.call_method1(intern!(py, "remove_done_callback"), (done,))?;
+        match outcome {
+            Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
+            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
+        };
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl SockWaiter {
+    /// The fd is ready: try again; complete the future unless the kernel still would block.
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let future = this.state.borrow(py).future.clone_ref(py).into_bound(py);
+        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        let recv_n = match &this.state.borrow(py).op {
+            Op::Recv { n } => Some(*n),
+            Op::SendAll { .. } => None,
+        };
+        if let Some(n) = recv_n {
+            return match recv_now(py, this.fd, n) {
+                Ok(None) => Ok(()),
+                Ok(Some(data)) => Self::finish(slf, Ok(data.into_any())),
+                Err(err) => Self::finish(slf, Err(err)),
+            };
+        }
+        let (data, sent) = match &this.state.borrow(py).op {
+            Op::SendAll { data, sent } => (data.clone_ref(py).into_bound(py), *sent),
+            Op::Recv { .. } => return Ok(()),
+        };
+        match send_now(py, this.fd, bytes_of(&data)?, sent) {
+            Ok(now) if now == bytes_of(&data)?.len() => {
+                Self::finish(slf, Ok(py.None().into_bound(py)))
+            }
+            Ok(now) => {
+                if let Op::SendAll { sent, .. } = &mut this.state.borrow_mut(py).op {
+                    *sent = now;
+                }
+                Ok(())
+            }
+            Err(err) => Self::finish(slf, Err(err)),
+        }
+    }
+
+    /// Done callback: the future was cancelled (or completed elsewhere); unregister.
+    fn _done(&self, py: Python<'_>, _future: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.unregister(py)
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_in_gc() {
+            visit.call(&st.event_loop)?;
+            visit.call(&st.future)?;
+            visit.call(&st.handle)?;
+            if let Op::SendAll { data, .. } = &st.op {
+                visit.call(data)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `sock_recv`'s first step: the bytes if they are there now, else a future for them, or
+/// `NotImplemented` when `sock` is not a plain socket (the caller then goes the stock way).
+#[pyfunction]
+pub fn sock_recv_start<'py>(
+    event_loop: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
+    n: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = event_loop.py();
+    let (Some(fd), Ok(n)) = (plain_socket_fd(event_loop, sock)?, usize::try_from(n)) else {
+        return Ok(py.NotImplemented().into_bound(py));
+    };
+    if let Some(data) = recv_now(py, fd, n)? {
+        return Ok(data.into_any());
+    }
+    SockWaiter::start(event_loop, fd, false, Op::Recv { n })
+}
+
+/// `sock_sendall`'s first step: `None` if everything was sent now, else a future done when the
+/// rest is, or `NotImplemented` (see `sock_recv_start`; also for data that is not `bytes`).
+#[pyfunction]
+pub fn sock_sendall_start<'py>(
+    event_loop: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = event_loop.py();
+    let (Some(fd), Ok(bytes)) = (plain_socket_fd(event_loop, sock)?, data.cast::<PyBytes>()) else {
+        return Ok(py.NotImplemented().into_bound(py));
+    };
+    let sent = send_now(py, fd, bytes.as_bytes(), 0)?;
+    if sent == bytes.as_bytes().len() {
+        return Ok(py.None().into_bound(py));
+    }
+    let op = Op::SendAll {
+        data: bytes.clone().into_any().unbind(),
+        sent,
+    };
+    SockWaiter::start(event_loop, fd, true, op)
+}
