@@ -4,6 +4,7 @@ cannot drift apart. A test that only makes sense on ferroloop uses `ferro_loop`.
 import asyncio
 import faulthandler
 import gc
+import socket
 
 import pytest
 
@@ -58,3 +59,18 @@ def ferro_loop():
     yield lp
     if not lp.is_closed():
         lp.close()
+
+
+def _ipv6_loopback():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# For tests that need an IPv6 loopback address: `from conftest import requires_ipv6`.
+requires_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
