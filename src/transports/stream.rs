@@ -692,6 +692,22 @@ impl StreamTransport {
         Ok(transport)
     }
 
+    /// `start_tls` accepts this transport (the stock class attribute).
+    #[classattr]
+    fn _start_tls_compatible() -> bool {
+        true
+    }
+
+    /// `loop.sendfile` tries the `sendfile` system call on this transport's socket first.
+    #[classattr]
+    fn _sendfile_compatible(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(py
+            .import("asyncio.constants")?
+            .getattr("_SendfileMode")?
+            .getattr("TRY_NATIVE")?
+            .unbind())
+    }
+
     fn _start_reading(&self, py: Python<'_>) -> PyResult<()> {
         self.start_reading(py)
     }
