@@ -53,6 +53,11 @@ impl Flags {
     pub const CONTEXT_OWN: u8 = 4;
     /// The stored arguments are a tuple of several (see `Callback::args`).
     pub const ARGS_MANY: u8 = 8;
+    /// The callback is a Rust transport, whose read (or write) step runs straight from
+    /// `Handle::run`, without a bound method and a call through Python's calling convention.
+    /// It shows as the bound `_read_ready` (`_write_ready`) wherever the callback is seen.
+    pub const NATIVE_READ: u8 = 16;
+    pub const NATIVE_WRITE: u8 = 32;
 
     fn new(bits: u8) -> Flags {
         Flags(AtomicU8::new(bits))
@@ -292,11 +297,15 @@ impl Handle {
         // an exception and returns -1 otherwise); `callback` is a live object and `args` holds
         // live references; PyContext_Exit is called exactly once after a successful enter, as
         // contextvars.Context.run does.
+        let native = this.native_step();
         let result = unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
                 std::ptr::null_mut()
             } else {
-                let res = args.call(callback.as_ptr());
+                let res = match native {
+                    Some(writer) => crate::transports::run_step(&callback, writer),
+                    None => args.call(callback.as_ptr()),
+                };
                 if ffi::PyContext_Exit(ctx) < 0 {
                     ffi::Py_XDECREF(res);
                     std::ptr::null_mut()
@@ -324,6 +333,7 @@ impl Handle {
             return Err(err);
         }
         let context = PyDict::new(py);
+        let callback = this.shown_callback(&callback)?;
         let source = hooks::call(
             py,
             "format_callback_source",
@@ -337,6 +347,35 @@ impl Handle {
         }
         event_loop.call_method1("call_exception_handler", (context,))?;
         Ok(())
+    }
+
+    /// Marks a reader (or writer) handle whose callback is a Rust transport, run natively.
+    pub fn mark_transport_step(&self, writer: bool) {
+        self.flags.set(if writer {
+            Flags::NATIVE_WRITE
+        } else {
+            Flags::NATIVE_READ
+        });
+    }
+
+    /// `Some(writer)` for a transport's own read or write step (see `Flags::NATIVE_READ`).
+    fn native_step(&self) -> Option<bool> {
+        if self.flags.has(Flags::NATIVE_READ) {
+            Some(false)
+        } else if self.flags.has(Flags::NATIVE_WRITE) {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// The callback as Python code sees it: for a transport's step, its bound method.
+    fn shown_callback<'py>(&self, callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        match self.native_step() {
+            Some(false) => callback.getattr("_read_ready"),
+            Some(true) => callback.getattr("_write_ready"),
+            None => Ok(callback.clone()),
+        }
     }
 
     pub fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
@@ -376,10 +415,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback
             .get(py, &self.flags)
-            .map(|(callback, _)| callback.unbind())
+            .map(|(callback, _)| Ok(self.shown_callback(&callback)?.unbind()))
+            .transpose()
     }
 
     #[getter]
@@ -504,8 +544,8 @@ fn handles_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyRe
         return Ok(false);
     }
     let py = a.py();
-    let cb_a = Handle::_callback(x, py);
-    let cb_b = Handle::_callback(y, py);
+    let cb_a = Handle::_callback(x, py)?;
+    let cb_b = Handle::_callback(y, py)?;
     let args_a = Handle::_args(x, py)?;
     let args_b = Handle::_args(y, py)?;
     Ok(cb_a.into_pyobject(py)?.eq(cb_b)? && args_a.into_pyobject(py)?.eq(args_b)?)

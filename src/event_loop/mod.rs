@@ -311,9 +311,36 @@ impl LoopCore {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Py<Handle>> {
+        self.register_io(py, fd, writer, callback, CallArgs::from_tuple(args), false)
+    }
+
+    /// Registers a Rust transport's own read (or write) step for `fd` (see
+    /// `Flags::NATIVE_READ`).
+    pub(crate) fn add_transport_io(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        writer: bool,
+        transport: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.register_io(py, fd, writer, transport, CallArgs::Zero, true)?;
+        Ok(())
+    }
+
+    fn register_io<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        writer: bool,
+        callback: Bound<'py, PyAny>,
+        args: CallArgs<'py>,
+        native: bool,
+    ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
-        let handle =
-            self.new_handle(py, callback, CallArgs::from_tuple(args), None, None, false)?;
+        let handle = self.new_handle(py, callback, args, None, None, false)?;
+        if native {
+            handle.get().mark_transport_step(writer);
+        }
         let replaced = {
             let mut st = self.state.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;

@@ -3,4 +3,4 @@
 
 mod stream;
 
-pub use stream::{install as install_finalizers, StreamTransport};
+pub use stream::{install as install_finalizers, run_step, StreamTransport};

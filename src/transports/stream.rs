@@ -21,8 +21,9 @@
 //!   mode) and reaches `connection_lost(exc)`; any other exception from the protocol goes to the
 //!   loop's exception handler first. `SystemExit` and `KeyboardInterrupt` propagate.
 //!
-//! The transport's own callbacks (`_read_ready`, `_write_ready`) are registered with the loop
-//! as the fd's reader and writer, so they run in the ready queue in the stock loop's order.
+//! The transport's read and write steps (`_read_ready`, `_write_ready`) are the fd's reader and
+//! writer, so they run in the ready queue in the stock loop's order; the handle holds the
+//! transport itself and the loop calls the step straight from Rust (`run_step`).
 //!
 //! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
 //! every protocol method may call back into the transport.
@@ -99,9 +100,6 @@ struct State {
     low_water: usize,
     /// The future `loop.sendfile` waits on for the buffer to empty.
     empty_waiter: Option<Py<PyAny>>,
-    /// Bound `_read_ready` / `_write_ready`, made once and registered with the loop.
-    read_ready: Option<Py<PyAny>>,
-    write_ready: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
@@ -222,29 +220,20 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn set_io(&self, py: Python<'_>, writer: bool, on: bool) -> PyResult<()> {
-        let Some(lp) = self.event_loop(py) else {
+    /// Starts (`on`) or stops watching the fd for reading or writing. The transport itself is
+    /// registered, and the loop runs its read or write step natively (`Flags::NATIVE_READ`).
+    fn set_io(slf: &Bound<'_, Self>, writer: bool, on: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(lp) = this.event_loop(py) else {
             return Ok(());
         };
-        if !on {
-            lp.get().remove_io(py, self.fd, writer)?;
-            return Ok(());
+        if on {
+            lp.get()
+                .add_transport_io(py, this.fd, writer, slf.clone().into_any())
+        } else {
+            lp.get().remove_io(py, this.fd, writer).map(drop)
         }
-        let callback = {
-            let st = self.state.borrow(py);
-            let cb = if writer {
-                &st.write_ready
-            } else {
-                &st.read_ready
-            };
-            match cb {
-                Some(cb) => cb.bind(py).clone(),
-                None => return Ok(()),
-            }
-        };
-        lp.get()
-            .add_io(py, self.fd, writer, callback, PyTuple::empty(py))?;
-        Ok(())
     }
 
     fn log_debug(slf: &Bound<'_, Self>, text: &str) -> PyResult<()> {
@@ -261,9 +250,9 @@ impl StreamTransport {
     }
 
     /// Registers the reader unless reading is paused or the transport is closing.
-    fn start_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if self.is_reading_now(py) {
-            self.set_io(py, false, true)?;
+    fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading_now(slf.py()) {
+            Self::set_io(slf, false, true)?;
         }
         Ok(())
     }
@@ -332,10 +321,10 @@ impl StreamTransport {
             (had_buffer, was_closing)
         };
         if had_buffer {
-            this.set_io(py, true, false)?;
+            Self::set_io(slf, true, false)?;
         }
         if !was_closing {
-            this.set_io(py, false, false)?;
+            Self::set_io(slf, false, false)?;
         }
         let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
         let arg = exc.unwrap_or_else(|| py.None().into_bound(py));
@@ -463,7 +452,7 @@ impl StreamTransport {
             }
         };
         if keep_open {
-            slf.get().set_io(py, false, false)
+            Self::set_io(slf, false, false)
         } else {
             Self::close(slf)
         }
@@ -520,7 +509,7 @@ impl StreamTransport {
                     )
                 }
             }
-            this.set_io(py, true, true)?;
+            Self::set_io(slf, true, true)?;
         }
         this.state.borrow_mut(py).buffer.push(rest);
         Self::maybe_pause_protocol(slf)
@@ -544,10 +533,10 @@ impl StreamTransport {
             st.closing = true;
             st.buffer.is_empty()
         };
-        this.set_io(py, false, false)?;
+        Self::set_io(slf, false, false)?;
         if empty {
             this.state.borrow_mut(py).conn_lost += 1;
-            this.set_io(py, true, false)?;
+            Self::set_io(slf, true, false)?;
             let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
             this.call_soon(py, callback, CallArgs::One(py.None().into_bound(py)))?;
         }
@@ -653,20 +642,11 @@ impl StreamTransport {
                     high_water: DEFAULT_HIGH_WATER,
                     low_water: DEFAULT_HIGH_WATER / 4,
                     empty_waiter: None,
-                    read_ready: None,
-                    write_ready: None,
                 }),
             },
         )?;
         let this = transport.get();
         this.set_protocol_inner(py, &protocol)?;
-        {
-            let read_ready = transport.getattr(intern!(py, "_read_ready"))?.unbind();
-            let write_ready = transport.getattr(intern!(py, "_write_ready"))?.unbind();
-            let mut st = this.state.borrow_mut(py);
-            st.read_ready = Some(read_ready);
-            st.write_ready = Some(write_ready);
-        }
         if let Some(server) = &server {
             server.call_method1(intern!(py, "_attach"), (&transport,))?;
         }
@@ -708,8 +688,8 @@ impl StreamTransport {
             .unbind())
     }
 
-    fn _start_reading(&self, py: Python<'_>) -> PyResult<()> {
-        self.start_reading(py)
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::start_reading(slf)
     }
 
     /// The fd's reader: one read, handed to the protocol.
@@ -789,7 +769,7 @@ impl StreamTransport {
         match sent {
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
             Err(e) => {
-                this.set_io(py, true, false)?;
+                Self::set_io(slf, true, false)?;
                 this.state.borrow_mut(py).buffer.clear();
                 let err = Self::io_exc(e);
                 let exc = err.value(py).clone().into_any();
@@ -820,7 +800,7 @@ impl StreamTransport {
                 if !empty {
                     return Ok(());
                 }
-                this.set_io(py, true, false)?;
+                Self::set_io(slf, true, false)?;
                 if let Some(waiter) = waiter {
                     waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
                 }
@@ -931,12 +911,7 @@ impl StreamTransport {
         };
         let (sock, garbage, server) = {
             let mut st = this.state.borrow_mut(py);
-            let garbage = (
-                st.protocol.take(),
-                st.event_loop.take(),
-                st.read_ready.take(),
-                st.write_ready.take(),
-            );
+            let garbage = (st.protocol.take(), st.event_loop.take());
             (st.sock.take(), garbage, st.server.take())
         };
         if let Some(sock) = sock {
@@ -975,7 +950,7 @@ impl StreamTransport {
             return Ok(());
         }
         this.state.borrow_mut(py).paused = true;
-        this.set_io(py, false, false)?;
+        Self::set_io(slf, false, false)?;
         Self::log_debug(slf, "%r pauses reading")
     }
 
@@ -989,7 +964,7 @@ impl StreamTransport {
             }
             st.paused = false;
         }
-        this.start_reading(py)?;
+        Self::start_reading(slf)?;
         Self::log_debug(slf, "%r resumes reading")
     }
 
@@ -1115,8 +1090,6 @@ impl StreamTransport {
         visit.call(&st.extra)?;
         visit.call(&st.server)?;
         visit.call(&st.empty_waiter)?;
-        visit.call(&st.read_ready)?;
-        visit.call(&st.write_ready)?;
         Ok(())
     }
 
@@ -1130,8 +1103,6 @@ impl StreamTransport {
                     st.protocol.take(),
                     st.server.take(),
                     st.empty_waiter.take(),
-                    st.read_ready.take(),
-                    st.write_ready.take(),
                 )
             };
             drop(garbage);
@@ -1230,4 +1201,23 @@ fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
         )?;
     }
     Ok(())
+}
+
+/// A transport's read (or write) step, run by `Handle::run` for a handle marked
+/// `NATIVE_READ`/`NATIVE_WRITE`: a new reference to `None`, or NULL with the exception set, as a
+/// call through the C API would give.
+pub fn run_step(transport: &Bound<'_, PyAny>, writer: bool) -> *mut ffi::PyObject {
+    let py = transport.py();
+    let outcome = match transport.cast::<StreamTransport>() {
+        Ok(t) if writer => StreamTransport::_write_ready(t),
+        Ok(t) => StreamTransport::_read_ready(t),
+        Err(err) => Err(err.into()),
+    };
+    match outcome {
+        Ok(()) => py.None().into_ptr(),
+        Err(err) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+    }
 }
