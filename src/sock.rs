@@ -22,18 +22,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::core::sys;
+use crate::core::{scratch, sys};
 use crate::event_loop::{os_error, Handle, LoopCore};
 use crate::gil_cell::GilCell;
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// Largest `n` served from a reusable scratch buffer; larger reads allocate their own.
-const SCRATCH: usize = 256 * 1024;
-
-thread_local! {
-    static RECV_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// What a waiter does each time its fd is ready.
 enum Op {
@@ -77,19 +70,7 @@ fn plain_socket_fd(
 /// One non-blocking `recv` of at most `n` bytes: `Some(bytes)`, or `None` if it would block.
 fn recv_now<'py>(py: Python<'py>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'py, PyBytes>>> {
     loop {
-        let got = if n <= SCRATCH {
-            RECV_SCRATCH.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < SCRATCH {
-                    buf.resize(SCRATCH, 0);
-                }
-                sys::recv(fd, &mut buf[..n]).map(|k| PyBytes::new(py, &buf[..k]))
-            })
-        } else {
-            let mut own = vec![0u8; n];
-            sys::recv(fd, &mut own).map(|k| PyBytes::new(py, &own[..k]))
-        };
-        match got {
+        match scratch::recv_with(fd, n, |got| PyBytes::new(py, got)) {
             Ok(bytes) => return Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,

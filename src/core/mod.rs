@@ -8,5 +8,6 @@ pub mod buffer;
 pub mod clock;
 pub mod poller;
 pub mod ready;
+pub mod scratch;
 pub mod sys;
 pub mod timers;

@@ -28,7 +28,6 @@
 //! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
 //! every protocol method may call back into the transport.
 
-use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
@@ -45,7 +44,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyTypeInfo};
 
 use crate::core::buffer::WriteBuffer;
-use crate::core::sys;
+use crate::core::{scratch, sys};
 use crate::event_loop::{os_error, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
 
@@ -63,12 +62,6 @@ static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NOMINAL_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-thread_local! {
-    /// Where `recv` puts the bytes before they become a `bytes` object: one per thread rather
-    /// than one per connection, since only one read runs at a time.
-    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     LOGGER
@@ -387,12 +380,8 @@ impl StreamTransport {
     fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<'py>> {
         let fd = self.fd;
         let got = retry_eintr(py, || {
-            READ_BUFFER.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < MAX_READ {
-                    buf.resize(MAX_READ, 0);
-                }
-                sys::recv(fd, &mut buf[..]).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+            scratch::recv_with(fd, MAX_READ, |got| {
+                (!got.is_empty()).then(|| PyBytes::new(py, got))
             })
         })?;
         Ok(match got {
