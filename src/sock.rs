@@ -37,6 +37,8 @@ enum Op {
 struct Waiting {
     event_loop: Py<LoopCore>,
     future: Py<PyAny>,
+    /// The waiter's bound `_done`, added to the future's done callbacks.
+    done: Option<Py<PyAny>>,
     handle: Option<Py<Handle>>,
     op: Op,
 }
@@ -108,7 +110,14 @@ impl SockWaiter {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
         let future = LoopCore::create_future(event_loop)?;
-        event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        // The stock check that no transport owns the fd, called only when the fd is in the
+        // loop's transport table at all (a plain dict lookup; the check itself is Python).
+        let owners = event_loop
+            .getattr(intern!(py, "_transports"))?
+            .getattr(intern!(py, "data"))?;
+        if owners.contains(fd)? {
+            event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        }
         let waiter = Bound::new(
             py,
             SockWaiter {
@@ -116,6 +125,7 @@ impl SockWaiter {
                 state: GilCell::new(Waiting {
                     event_loop: event_loop.clone().unbind(),
                     future: future.clone().unbind(),
+                    done: None,
                     handle: None,
                     op,
                 }),
@@ -128,8 +138,12 @@ impl SockWaiter {
             waiter.clone().into_any(),
             PyTuple::empty(py),
         )?;
-        waiter.get().state.borrow_mut(py).handle = Some(handle);
         let done = waiter.getattr(intern!(py, "_done"))?;
+        {
+            let mut st = waiter.get().state.borrow_mut(py);
+            st.handle = Some(handle);
+            st.done = Some(done.clone().unbind());
+        }
         future.call_method1(intern!(py, "add_done_callback"), (done,))?;
         Ok(future)
     }
@@ -158,9 +172,13 @@ impl SockWaiter {
         let py = slf.py();
         let this = slf.get();
         this.unregister(py)?;
-        let future = this.state.borrow(py).future.clone_ref(py).into_bound(py);
-        let done = slf.getattr(intern!(py, "_done"))?;
-        future.call_method1(intern!(py, "remove_done_callback"), (done,))?;
+        let (future, done) = {
+            let mut st = this.state.borrow_mut(py);
+            (st.future.clone_ref(py).into_bound(py), st.done.take())
+        };
+        if let Some(done) = done {
+            future.call_method1(intern!(py, "remove_done_callback"), (done,))?;
+        }
         match outcome {
             Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
             Err(err) => future.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
@@ -210,6 +228,8 @@ impl SockWaiter {
 
     /// Done callback: the future was cancelled (or completed elsewhere); unregister.
     fn _done(&self, py: Python<'_>, _future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let done = self.state.borrow_mut(py).done.take();
+        drop(done);
         self.unregister(py)
     }
 
@@ -217,12 +237,23 @@ impl SockWaiter {
         if let Some(st) = self.state.try_borrow_in_gc() {
             visit.call(&st.event_loop)?;
             visit.call(&st.future)?;
+            visit.call(&st.done)?;
             visit.call(&st.handle)?;
             if let Op::SendAll { data, .. } = &st.op {
                 visit.call(data)?;
             }
         }
         Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let garbage = {
+                let mut st = self.state.borrow_mut(py);
+                (st.done.take(), st.handle.take())
+            };
+            drop(garbage);
+        });
     }
 }
 

@@ -783,3 +783,41 @@ def test_cancelled_zero_copy_sendfile_keeps_file_position(ferro_loop, data_file)
     finally:
         a.close()
         b.close()
+
+
+def test_cancelled_and_finished_waits_free_their_future_without_the_collector(ferro_loop):
+    """The Rust fast path's waiter and its future form no cycle left for the collector, either
+    when the wait completes or when it is cancelled."""
+    import gc
+    import weakref
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    refs = []
+    loop = ferro_loop
+
+    async def main():
+        for cancel in (True, False):
+            task = loop.create_task(loop.sock_recv(a, 10))
+            await asyncio.sleep(0)
+            refs.append(weakref.ref(task._fut_waiter))
+            if cancel:
+                task.cancel()
+            else:
+                b.send(b"x")
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+        a.close()
+        b.close()

@@ -63,7 +63,7 @@ async def sock_echo(loop, conn):
                 if not data:
                     return
                 await loop.sock_sendall(conn, data)
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             return
 
 
@@ -86,7 +86,7 @@ async def streams_echo(reader, writer):
                 break
             writer.write(data)
             await writer.drain()
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         pass
     writer.close()
 
