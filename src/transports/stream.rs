@@ -101,10 +101,10 @@ pub struct StreamTransport {
     state: GilCell<State>,
 }
 
-/// What a read produced, decided before any Python code runs.
-enum ReadOutcome<'py> {
-    Data(Bound<'py, PyBytes>),
-    Count(usize),
+/// What a read produced, decided before any Python code runs: the bytes (plain protocol) or
+/// their count (buffered protocol), end of stream, nothing yet, or an error.
+enum ReadOutcome<T> {
+    Got(T),
     Eof,
     WouldBlock,
     Failed(PyErr),
@@ -377,7 +377,7 @@ impl StreamTransport {
     }
 
     /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
-    fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<'py>> {
+    fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<Bound<'py, PyBytes>>> {
         let fd = self.fd;
         let got = retry_eintr(py, || {
             scratch::recv_with(fd, MAX_READ, |got| {
@@ -385,7 +385,7 @@ impl StreamTransport {
             })
         })?;
         Ok(match got {
-            Ok(Some(data)) => ReadOutcome::Data(data),
+            Ok(Some(data)) => ReadOutcome::Got(data),
             Ok(None) => ReadOutcome::Eof,
             Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
             Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
@@ -397,7 +397,7 @@ impl StreamTransport {
         &self,
         py: Python<'py>,
         buf: &Bound<'py, PyAny>,
-    ) -> PyResult<ReadOutcome<'py>> {
+    ) -> PyResult<ReadOutcome<usize>> {
         let mut view = match BufferView::new(buf, true) {
             Ok(v) => v,
             Err(_) => {
@@ -414,7 +414,7 @@ impl StreamTransport {
         drop(view);
         Ok(match got {
             Ok(0) => ReadOutcome::Eof,
-            Ok(n) => ReadOutcome::Count(n),
+            Ok(n) => ReadOutcome::Got(n),
             Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
             Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
         })
@@ -457,6 +457,24 @@ impl StreamTransport {
             Ok(_) => Ok(()),
             Err(err) if is_exit(slf.py(), &err) => Err(err),
             Err(err) => Self::fatal_error(slf, err, message),
+        }
+    }
+
+    /// What follows a read of either kind: `deliver` hands what arrived to the protocol (its
+    /// failure is reported with `message`), end of stream goes to `on_eof`, a read error is fatal.
+    fn after_read<'py, T>(
+        slf: &Bound<'py, Self>,
+        outcome: ReadOutcome<T>,
+        deliver: impl FnOnce(T) -> PyResult<Bound<'py, PyAny>>,
+        message: &str,
+    ) -> PyResult<()> {
+        match outcome {
+            ReadOutcome::Got(got) => Self::protocol_call_result(slf, deliver(got), message),
+            ReadOutcome::Eof => Self::on_eof(slf),
+            ReadOutcome::WouldBlock => Ok(()),
+            ReadOutcome::Failed(err) => {
+                Self::fatal_error(slf, err, "Fatal read error on socket transport")
+            }
         }
     }
 
@@ -696,18 +714,13 @@ impl StreamTransport {
             }
         };
         if !buffered {
-            return match this.read_bytes(py)? {
-                ReadOutcome::Data(data) => Self::protocol_call_result(
-                    slf,
-                    protocol.call_method1(intern!(py, "data_received"), (data,)),
-                    "Fatal error: protocol.data_received() call failed.",
-                ),
-                ReadOutcome::Eof => Self::on_eof(slf),
-                ReadOutcome::WouldBlock | ReadOutcome::Count(_) => Ok(()),
-                ReadOutcome::Failed(err) => {
-                    Self::fatal_error(slf, err, "Fatal read error on socket transport")
-                }
-            };
+            let outcome = this.read_bytes(py)?;
+            return Self::after_read(
+                slf,
+                outcome,
+                |data| protocol.call_method1(intern!(py, "data_received"), (data,)),
+                "Fatal error: protocol.data_received() call failed.",
+            );
         }
         let buf = match protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
@@ -730,18 +743,13 @@ impl StreamTransport {
                 )
             }
         };
-        match this.read_into(py, &buf)? {
-            ReadOutcome::Count(n) => Self::protocol_call_result(
-                slf,
-                protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
-                "Fatal error: protocol.buffer_updated() call failed.",
-            ),
-            ReadOutcome::Eof => Self::on_eof(slf),
-            ReadOutcome::WouldBlock | ReadOutcome::Data(_) => Ok(()),
-            ReadOutcome::Failed(err) => {
-                Self::fatal_error(slf, err, "Fatal read error on socket transport")
-            }
-        }
+        let outcome = this.read_into(py, &buf)?;
+        Self::after_read(
+            slf,
+            outcome,
+            |n| protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
+            "Fatal error: protocol.buffer_updated() call failed.",
+        )
     }
 
     /// The fd's writer while data waits: flushes what the kernel takes.
