@@ -31,6 +31,14 @@ def client_context():
     return ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
 
 
+@pytest.mark.parametrize("name", ["ca.pem", "other_ca.pem", "server.pem"])
+def test_certificates_do_not_depend_on_the_clock(name):
+    # Certificates that start "now" fail every TLS test on a machine whose clock is behind.
+    decoded = ssl._ssl._test_decode_cert(str(CERTS / name))
+    assert decoded["notBefore"] == "Jan  1 00:00:00 2000 GMT"
+    assert decoded["notAfter"] == "Jan  1 00:00:00 2100 GMT"
+
+
 class Recorder(asyncio.Protocol):
     """Records what it gets; `received(n)` waits for n bytes, `lost` for connection_lost."""
 
