@@ -3,6 +3,7 @@
 pub mod core;
 mod event_loop;
 mod gil_cell;
+mod recv_bytes;
 mod sock;
 mod transports;
 
@@ -20,7 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock::sock_recv_start, m)?)?;
     m.add_function(wrap_pyfunction!(sock::sock_sendall_start, m)?)?;
     event_loop::install_free_lists(m.py());
-    core::scratch::prime_allocator();
+    core::allocator::prime_allocator();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -22,9 +22,10 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::core::{scratch, sys};
+use crate::core::sys;
 use crate::event_loop::{os_error, Handle, LoopCore};
 use crate::gil_cell::GilCell;
+use crate::recv_bytes::recv_bytes;
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -71,13 +72,10 @@ fn plain_socket_fd(
 
 /// One non-blocking `recv` of at most `n` bytes: `Some(bytes)`, or `None` if it would block.
 fn recv_now<'py>(py: Python<'py>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    loop {
-        match scratch::recv_with(fd, n, |got| PyBytes::new(py, got)) {
-            Ok(bytes) => return Ok(Some(bytes)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,
-            Err(e) => return Err(os_error(e)),
-        }
+    match recv_bytes(py, fd, n)? {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(os_error(e)),
     }
 }
 

@@ -146,6 +146,13 @@ class TestRecv:
         assert run(loop, loop.sock_recv(a, 4)) == b"abcd"
         assert run(loop, loop.sock_recv(a, 4)) == b"ef"
 
+    def test_size_too_large_to_allocate_is_memory_error(self, loop, pair):
+        a, b = pair
+        b.send(b"kept")
+        with pytest.raises(MemoryError):
+            run(loop, loop.sock_recv(a, 2**62))
+        assert run(loop, loop.sock_recv(a, 100)) == b"kept"
+
     def test_empty_bytes_at_end_of_stream(self, loop, pair):
         a, b = pair
         loop.call_soon(b.shutdown, socket.SHUT_WR)

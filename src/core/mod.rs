@@ -4,10 +4,10 @@
 //! these generic containers and maps poller tokens to its own registrations, so the engine can be
 //! tested alone with `cargo test`.
 
+pub mod allocator;
 pub mod buffer;
 pub mod clock;
 pub mod poller;
 pub mod ready;
-pub mod scratch;
 pub mod sys;
 pub mod timers;

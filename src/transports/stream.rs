@@ -44,9 +44,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyTypeInfo};
 
 use crate::core::buffer::WriteBuffer;
-use crate::core::{scratch, sys};
+use crate::core::sys;
 use crate::event_loop::{os_error, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
+use crate::recv_bytes::recv_bytes;
 
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -378,17 +379,14 @@ impl StreamTransport {
 
     /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
     fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<Bound<'py, PyBytes>>> {
-        let fd = self.fd;
-        let got = retry_eintr(py, || {
-            scratch::recv_with(fd, MAX_READ, |got| {
-                (!got.is_empty()).then(|| PyBytes::new(py, got))
-            })
-        })?;
-        Ok(match got {
-            Ok(Some(data)) => ReadOutcome::Got(data),
-            Ok(None) => ReadOutcome::Eof,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-            Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
+        Ok(match recv_bytes(py, self.fd, MAX_READ) {
+            // As in `read_into`; a MemoryError for the `bytes` is a fatal read error too.
+            Err(err) if is_exit(py, &err) => return Err(err),
+            Err(err) => ReadOutcome::Failed(err),
+            Ok(Ok(data)) if data.as_bytes().is_empty() => ReadOutcome::Eof,
+            Ok(Ok(data)) => ReadOutcome::Got(data),
+            Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Ok(Err(e)) => ReadOutcome::Failed(Self::io_exc(e)),
         })
     }
 
@@ -410,13 +408,17 @@ impl StreamTransport {
             }
         };
         let fd = self.fd;
-        let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()))?;
+        let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()));
         drop(view);
         Ok(match got {
-            Ok(0) => ReadOutcome::Eof,
-            Ok(n) => ReadOutcome::Got(n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-            Err(e) => ReadOutcome::Failed(Self::io_exc(e)),
+            // As stock, only exits escape; anything else (such as an exception from a signal
+            // handler run on EINTR) is a fatal read error.
+            Err(err) if is_exit(py, &err) => return Err(err),
+            Err(err) => ReadOutcome::Failed(err),
+            Ok(Ok(0)) => ReadOutcome::Eof,
+            Ok(Ok(n)) => ReadOutcome::Got(n),
+            Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Ok(Err(e)) => ReadOutcome::Failed(Self::io_exc(e)),
         })
     }
 
