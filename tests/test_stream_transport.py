@@ -550,6 +550,24 @@ def test_peer_data_arrives_whole_in_reads_of_at_most_256_kib(loop, pair, opened)
     assert transport.is_closing()
 
 
+def test_one_read_takes_everything_waiting_after_small_messages(loop, pair, opened):
+    # One event reads what one 256 KiB recv would, even right after small reads (ferroloop
+    # sizes its buffer by the previous reads and must grow it when more is waiting).
+    a, b = pair
+    transport, protocol = connect(loop, opened, a)
+    b.send(b"small")
+    run_until(loop, lambda: protocol.data == b"small")
+    transport.pause_reading()
+    payload = os.urandom(60000)
+    sent = 0
+    while sent < len(payload):
+        sent += b.send(payload[sent:])
+    transport.resume_reading()
+    run_until(loop, lambda: len(protocol.data) == 5 + len(payload))
+    assert protocol.chunks == [b"small", payload]
+    close_and_wait(loop, transport, protocol)
+
+
 def test_bytearray_and_memoryview_data(loop, pair, opened):
     a, b = pair
     transport, protocol = connect(loop, opened, a)

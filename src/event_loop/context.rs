@@ -234,17 +234,22 @@ impl ContextSlot {
         Ok((copy_of(&ctx)?.into_bound(py), true))
     }
 
+    /// After a run in a fresh copy (`for_run`), makes that copy the handle's own Context.
+    pub fn keep(&self, py: Python<'_>, ran_in: Bound<'_, PyAny>, flags: &Flags) {
+        self.replace(py, ran_in.unbind(), flags);
+    }
+
     /// After a run in a fresh copy (`for_run`), keeps that copy if the callback set a variable
     /// in it, so that `get_context()` shows it; otherwise the copy, identical to the snapshot,
     /// is let go (a later `get_context()` makes an equal one).
     pub fn keep_if_written(&self, py: Python<'_>, ran_in: Bound<'_, PyAny>, flags: &Flags) {
         let Some(offset) = vars_offset(py) else {
-            return self.replace(py, ran_in.unbind(), flags);
+            return self.keep(py, ran_in, flags);
         };
         // SAFETY: both are live Contexts and `offset` was validated by `probe`.
         let written = unsafe { vars_at(ran_in.as_ptr(), offset) != vars_at(self.as_ptr(), offset) };
         if written {
-            self.replace(py, ran_in.unbind(), flags);
+            self.keep(py, ran_in, flags);
         }
     }
 

@@ -321,10 +321,16 @@ impl Handle {
             unsafe { ffi::Py_DECREF(result) };
             Ok(())
         };
-        // Still referenced elsewhere, the handle keeps what its callback set in its Context.
+        // Still referenced elsewhere, the handle keeps what its callback set in its Context. A
+        // transport's read or write step runs again and again: it keeps the copy in any case,
+        // so later runs enter it directly instead of copying the snapshot each time.
         // SAFETY: `slf` is a live object.
         if fresh && unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1 {
-            this.context.keep_if_written(py, context, &this.flags);
+            if native.is_some() {
+                this.context.keep(py, context, &this.flags);
+            } else {
+                this.context.keep_if_written(py, context, &this.flags);
+            }
         }
         let Err(err) = outcome else {
             return Ok(());

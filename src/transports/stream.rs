@@ -47,7 +47,7 @@ use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
 use crate::event_loop::{os_error, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
-use crate::recv_bytes::recv_bytes;
+use crate::recv_bytes::recv_bytes_guessing;
 
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -94,6 +94,8 @@ struct State {
     low_water: usize,
     /// The future `loop.sendfile` waits on for the buffer to empty.
     empty_waiter: Option<Py<PyAny>>,
+    /// The size to allocate for the next plain read (see `recv_bytes_guessing`).
+    read_guess: usize,
 }
 
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
@@ -379,7 +381,10 @@ impl StreamTransport {
 
     /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
     fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<Bound<'py, PyBytes>>> {
-        Ok(match recv_bytes(py, self.fd, MAX_READ) {
+        let mut guess = self.state.borrow(py).read_guess;
+        let got = recv_bytes_guessing(py, self.fd, &mut guess, MAX_READ);
+        self.state.borrow_mut(py).read_guess = guess;
+        Ok(match got {
             // As in `read_into`; a MemoryError for the `bytes` is a fatal read error too.
             Err(err) if is_exit(py, &err) => return Err(err),
             Err(err) => ReadOutcome::Failed(err),
@@ -651,6 +656,7 @@ impl StreamTransport {
                     high_water: DEFAULT_HIGH_WATER,
                     low_water: DEFAULT_HIGH_WATER / 4,
                     empty_waiter: None,
+                    read_guess: 0,
                 }),
             },
         )?;
