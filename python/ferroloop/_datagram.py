@@ -45,6 +45,7 @@ from asyncio import constants, transports, trsock
 from asyncio.log import logger
 
 from ferroloop._addr import is_filesystem_path, remove_stale_socket_file, resolve_address, set_reuse_port
+from ferroloop._reading import ReadPausing
 
 __all__ = ("DatagramMixin", "DatagramSocketTransport")
 
@@ -197,7 +198,7 @@ class DatagramMixin:
         return DatagramSocketTransport(self, sock, protocol, address, waiter, extra)
 
 
-class DatagramSocketTransport(transports.Transport, transports.DatagramTransport):
+class DatagramSocketTransport(ReadPausing, transports.Transport, transports.DatagramTransport):
     """The transport of a datagram socket; see the module docstring."""
 
     max_size = 256 * 1024  # the largest datagram read at once
@@ -271,34 +272,18 @@ class DatagramSocketTransport(transports.Transport, transports.DatagramTransport
     def is_closing(self):
         return self._closing
 
-    def is_reading(self):
-        return not self._closing and not self._paused
-
     # -- reading ---------------------------------------------------------------------------
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def _start_reading(self):
         """Watches the socket for datagrams, unless closing or paused by then."""
         if self.is_reading():
-            self._loop._add_reader(self._sock_fd, self._read_ready, ())
-            self._read_polling = True
+            self._watch_reads()
 
-    def _stop_reading(self):
+    def _watch_reads(self):
+        self._loop._add_reader(self._sock_fd, self._read_ready, ())
+        self._read_polling = True
+
+    def _unwatch_reads(self):
         self._loop._remove_reader(self._sock_fd)
         self._read_polling = False
 
@@ -445,7 +430,7 @@ class DatagramSocketTransport(transports.Transport, transports.DatagramTransport
         if self._closing:
             return
         self._closing = True
-        self._stop_reading()
+        self._unwatch_reads()
         if not self._buffer:
             self._conn_lost += 1
             self._unwatch_writable()
@@ -474,7 +459,7 @@ class DatagramSocketTransport(transports.Transport, transports.DatagramTransport
             self._unwatch_writable()
         if not self._closing:
             self._closing = True
-            self._stop_reading()
+            self._unwatch_reads()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 

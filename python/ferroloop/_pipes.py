@@ -44,6 +44,7 @@ import warnings
 from asyncio import constants, transports
 from asyncio.log import logger
 
+from ferroloop._reading import ReadPausing
 from ferroloop._subprocess import SubprocessMixin
 
 __all__ = ("PipeMixin", "ReadPipeTransport", "WritePipeTransport")
@@ -182,7 +183,7 @@ class _PipeTransportBase:
             self._loop = None
 
 
-class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
+class ReadPipeTransport(ReadPausing, _PipeTransportBase, transports.ReadTransport):
     """The transport of a pipe's read end; see the module docstring."""
 
     max_size = 256 * 1024  # the most read in one event
@@ -197,21 +198,18 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
     def _start_reading(self):
         """First registration, once `connection_made` has run, unless paused or closed since."""
         if self.is_reading():
-            self._watch()
+            self._watch_reads()
 
-    def _watch(self):
+    def _watch_reads(self):
         self._loop._add_reader(self._fileno, self._read_ready, ())
         self._watching = True
 
-    def _unwatch(self):
+    def _unwatch_reads(self):
         self._watching = False
         self._loop._remove_reader(self._fileno)
 
     def _is_polling(self):
         return self._watching
-
-    def is_reading(self):
-        return not self._paused and not self._closing
 
     def _read_ready(self):
         try:
@@ -227,25 +225,9 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
         self._closing = True
-        self._unwatch()
+        self._unwatch_reads()
         self._loop.call_soon(self._protocol.eof_received)
         self._schedule_connection_lost(None)
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._unwatch()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._watch()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def close(self):
         if not self._closing:
@@ -263,7 +245,7 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
 
     def _close(self, exc):
         self._closing = True
-        self._unwatch()
+        self._unwatch_reads()
         self._schedule_connection_lost(exc)
 
 
