@@ -77,18 +77,10 @@ pub fn recv_bytes_guessing<'py>(
 /// serves without calling `malloc` (whose large requests first consolidate its free lists).
 fn recv_small(py: Python<'_>, fd: RawFd, max: usize) -> PyResult<io::Result<Bound<'_, PyBytes>>> {
     let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
-    let got = loop {
-        // SAFETY: recv writes at most STACK_READ bytes into `stack` and reports how many.
-        match syscall!(recv(
-            fd,
-            stack.as_mut_ptr().cast(),
-            STACK_READ,
-            libc::MSG_DONTWAIT
-        )) {
-            Ok(got) => break got as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
-            Err(e) => return Ok(Err(e)),
-        }
+    // SAFETY: `stack` is ours and STACK_READ bytes long.
+    let got = match unsafe { recv_raw(py, fd, stack.as_mut_ptr().cast(), STACK_READ) }? {
+        Ok(got) => got,
+        Err(e) => return Ok(Err(e)),
     };
     // SAFETY: the kernel initialised the first `got` bytes of `stack`.
     let arrived = unsafe { std::slice::from_raw_parts(stack.as_ptr().cast::<u8>(), got) };
@@ -119,6 +111,27 @@ fn recv_sized(
         got
     };
     bytes.finish(total).map(Ok)
+}
+
+/// One non-blocking `recv` of at most `len` bytes into `buf`, retried on EINTR after the
+/// signal handlers ran (a handler's exception propagates).
+///
+/// # Safety
+/// `buf` is valid for writes of `len` bytes.
+unsafe fn recv_raw(
+    py: Python<'_>,
+    fd: RawFd,
+    buf: *mut libc::c_void,
+    len: usize,
+) -> PyResult<io::Result<usize>> {
+    loop {
+        // SAFETY: per the contract, recv may write `len` bytes at `buf`.
+        match syscall!(recv(fd, buf, len, libc::MSG_DONTWAIT)) {
+            Ok(got) => return Ok(Ok(got as usize)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
+            Err(e) => return Ok(Err(e)),
+        }
+    }
 }
 
 /// How many received bytes wait to be read on `fd` (0 if the socket cannot tell).
@@ -188,21 +201,12 @@ impl<'py> Filling<'py> {
 
     /// One `recv` into the bytes from `offset` to the end.
     fn recv_at(&mut self, fd: RawFd, offset: usize) -> PyResult<io::Result<usize>> {
-        loop {
-            // SAFETY: `object` is a live `bytes` of `len` bytes that only we reference, and
-            // `offset <= len`, so `start` points inside its storage.
-            let start = unsafe { ffi::PyBytes_AsString(self.object).add(offset) };
-            // SAFETY: recv writes at most `len - offset` bytes from `start`, all ours.
-            match syscall!(recv(
-                fd,
-                start.cast(),
-                self.len - offset,
-                libc::MSG_DONTWAIT
-            )) {
-                Ok(got) => return Ok(Ok(got as usize)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.py.check_signals()?,
-                Err(e) => return Ok(Err(e)),
-            }
+        // SAFETY: `object` is a live `bytes` of `len` bytes that only we reference, and
+        // `offset <= len`, so `start` points inside its storage, `len - offset` bytes before
+        // its end.
+        unsafe {
+            let start = ffi::PyBytes_AsString(self.object).add(offset);
+            recv_raw(self.py, fd, start.cast(), self.len - offset)
         }
     }
 
