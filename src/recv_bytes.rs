@@ -13,8 +13,8 @@
 //! 256 KiB `malloc` plus the shrink cost more than they save on small reads (perf: glibc's
 //! `malloc_consolidate`, which a request of 1 KiB or more runs first, and its work to take the
 //! tail back). So `recv_bytes_guessing` sizes the read by what the previous one brought:
-//! - a few hundred bytes expected: the read goes to a buffer on the stack and is copied into a
-//!   `bytes` of exactly its size, which CPython's small-object allocator serves;
+//! - up to 2 KiB expected: the read goes to a buffer on the stack and is copied into a `bytes`
+//!   of exactly its size (for a few hundred bytes CPython's small-object allocator serves it);
 //! - more: a `bytes` of twice the last read, shrunk afterwards.
 //!
 //! When a read fills its buffer, the `bytes` grows by what the kernel says is waiting (in place:
@@ -47,8 +47,11 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<io::Result<Bo
 /// The smallest `bytes` a guessing read starts with.
 const MIN_GUESS: usize = 4096;
 
-/// Reads expected below this go through a buffer on the stack (`recv_small`).
-const SMALL_READ: usize = 512;
+/// Reads expected below this go through a buffer on the stack (`recv_small`). Measured with
+/// callgrind on a server echoing 1 KiB messages: 2,180 instructions per request this way,
+/// 2,470 through a 4 KiB `bytes` shrunk afterwards; at 10 KiB the two cost the same
+/// instructions, but the copy costs time (user CPU per request 1.0 against 0.7 µs).
+const SMALL_READ: usize = 4096;
 
 /// The stack buffer of `recv_small`.
 const STACK_READ: usize = 4096;
