@@ -20,6 +20,7 @@ transports._FlowControlMixin, base_events._set_nodelay, constants.LOG_THRESHOLD_
 
 import array
 import asyncio
+import contextvars
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ TIMEOUT = 60.0
 MiB = 1024 * 1024
 DEFAULT_LIMITS = (16 * 1024, 64 * 1024)  # (low, high) of a new transport
 MAX_READ = 256 * 1024  # the most one data_received gets
+TAG = contextvars.ContextVar("TAG", default="unset")  # for the context test
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -566,6 +568,41 @@ def test_one_read_takes_everything_waiting_after_small_messages(loop, pair, open
     run_until(loop, lambda: len(protocol.data) == 5 + len(payload))
     assert protocol.chunks == [b"small", payload]
     close_and_wait(loop, transport, protocol)
+
+
+def test_reads_run_in_the_transports_own_context(loop, opened):
+    # As stock: data_received sees the variables current when the transport was made, what it
+    # sets stays for the transport's next reads, and no other transport sees it.
+    class Tagging(Recorder):
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.seen = []
+
+        def data_received(self, data):
+            super().data_received(data)
+            self.seen.append(TAG.get())
+            TAG.set(data.decode())
+
+    pairs = [socket.socketpair() for _ in range(2)]
+
+    def body():
+        TAG.set("made")
+        made = [connect(loop, opened, a, Tagging(loop)) for a, _ in pairs]
+        TAG.set("later")
+        for count, message in enumerate(("one", "two"), 1):
+            for index, (_, b) in enumerate(pairs):
+                b.send(f"{message}{index}".encode())
+            run_until(loop, lambda: all(len(p.seen) == count for _, p in made))
+        for transport, protocol in made:
+            close_and_wait(loop, transport, protocol)
+        return [p.seen for _, p in made]
+
+    try:
+        assert contextvars.copy_context().run(body) == [["made", "one0"], ["made", "one1"]]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 def test_bytearray_and_memoryview_data(loop, pair, opened):
