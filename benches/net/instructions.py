@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import LOADGEN, available, build_loadgen, cases, compile_bytecode
+from run import available, build_loadgen, cases, compile_bytecode, start_client
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CASES = ("echo-protocol-1k-c32", "echo-protocol-10k-c32", "echo-protocol-100k-c32", "http-c64")
@@ -42,7 +42,7 @@ def dumped_instructions(path):
 
 
 def sample(loop, case, seconds):
-    mode, template = cases()[case]
+    mode = cases()[case][0]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         server = subprocess.Popen(
@@ -51,12 +51,7 @@ def sample(loop, case, seconds):
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         try:
-            ready = server.stdout.readline().split()
-            if not ready or ready[0] != "READY":
-                raise RuntimeError(f"{loop} server did not start for {case}")
-            addr = f"127.0.0.1:{ready[1]}"
-            args = [a.format(addr=addr, seconds=seconds) for a in template]
-            client = subprocess.Popen([str(LOADGEN), *args], stdout=subprocess.PIPE, text=True)
+            client = start_client(server, loop, case, seconds)
             time.sleep(1.0)  # the client's warm-up second
             subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
             result, _ = client.communicate(timeout=600)

@@ -60,20 +60,24 @@ def peak_rss_kib(pid):
     return 0
 
 
+def start_client(server, loop, case, seconds):
+    """Waits for `server` to print READY, then starts the load generator of `case` on it."""
+    ready = server.stdout.readline().split()
+    if not ready or ready[0] != "READY":
+        raise RuntimeError(f"{loop} server did not start for {case}")
+    addr = f"127.0.0.1:{ready[1]}"
+    args = [a.format(addr=addr, seconds=seconds) for a in cases()[case][1]]
+    return subprocess.Popen([str(LOADGEN), *args], stdout=subprocess.PIPE, text=True)
+
+
 def sample(loop, case, seconds):
     mode, template = cases()[case]
     server = subprocess.Popen(
         [sys.executable, str(HERE / "server.py"), loop, mode], stdout=subprocess.PIPE, text=True
     )
     try:
-        ready = server.stdout.readline().split()
-        if not ready or ready[0] != "READY":
-            raise RuntimeError(f"{loop} server did not start for {case}")
-        addr = f"127.0.0.1:{ready[1]}"
-        args = [a.format(addr=addr, seconds=seconds) for a in template]
-        client = subprocess.Popen([str(LOADGEN), *args], stdout=subprocess.PIPE, text=True)
-        warm = args[0] != "push"
-        if warm:
+        client = start_client(server, loop, case, seconds)
+        if template[0] != "push":
             time.sleep(1.0)  # the client's warm-up second
         before = cpu_ticks(server.pid)
         out, _ = client.communicate(timeout=600)
