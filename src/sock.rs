@@ -19,7 +19,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 use pyo3::PyTraverseError;
 
 use crate::core::sys;
@@ -129,13 +129,9 @@ impl SockWaiter {
                 }),
             },
         )?;
-        let handle = event_loop.get().add_io(
-            py,
-            fd,
-            writer,
-            waiter.clone().into_any(),
-            PyTuple::empty(py),
-        )?;
+        let handle = event_loop
+            .get()
+            .add_oneshot_io(py, fd, writer, waiter.clone().into_any())?;
         let done = waiter.getattr(intern!(py, "_done"))?;
         {
             let mut st = waiter.get().state.borrow_mut(py);

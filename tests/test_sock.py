@@ -153,6 +153,50 @@ class TestRecv:
             run(loop, loop.sock_recv(a, 2**62))
         assert run(loop, loop.sock_recv(a, 100)) == b"kept"
 
+    @staticmethod
+    def socket_at(fd):
+        """A new connected socket placed at the fd number `fd` (closed before), and its peer."""
+        sock, peer = socket.socketpair()
+        if sock.fileno() != fd:
+            os.dup2(sock.fileno(), fd)
+            sock.close()
+            sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        peer.setblocking(False)
+        return sock, peer
+
+    @pytest.mark.parametrize("old_wait", ["completed", "cancelled"])
+    @pytest.mark.parametrize("duplicate", [False, True], ids=["closed", "dup-kept"])
+    def test_a_closed_sockets_fd_number_waits_afresh(self, loop, pair, old_wait, duplicate):
+        # A wait on a socket that reuses a closed socket's number is not confused with the old
+        # registration, also when a duplicate keeps the old socket open and it gets data.
+        a, b = pair
+        kept = a.dup() if duplicate else None
+        if old_wait == "completed":
+            loop.call_later(0.01, b.send, b"first")
+            assert run(loop, loop.sock_recv(a, 100)) == b"first"
+        else:
+            waiting = loop.create_task(loop.sock_recv(a, 100))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                loop.run_until_complete(waiting)
+        fd = a.fileno()
+        a.close()
+        c, d = self.socket_at(fd)
+        try:
+            if kept is not None:
+                b.send(b"to the old socket")
+            loop.call_later(0.05, d.send, b"new")
+            assert run(loop, loop.sock_recv(c, 100)) == b"new"
+            if kept is not None:
+                assert kept.recv(100) == b"to the old socket"
+        finally:
+            c.close()
+            d.close()
+            if kept is not None:
+                kept.close()
+
     def test_empty_bytes_at_end_of_stream(self, loop, pair):
         a, b = pair
         loop.call_soon(b.shutdown, socket.SHUT_WR)

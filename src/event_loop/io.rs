@@ -2,6 +2,16 @@
 //! level-triggered, their handles queued on every iteration while the fd stays ready.
 //!
 //! The poller token of a registration is its fd, so the registry is a vector indexed by fd.
+//!
+//! One-shot waits (`sock_recv`/`sock_sendall` waiting in `sock.rs`) are registered with
+//! EPOLLONESHOT instead, and their registration is *parked* when the wait ends rather than
+//! deleted: the kernel disarms it after its one event, so ending a wait needs no system call, and
+//! the next wait on the fd re-arms it with one `EPOLL_CTL_MOD` where a delete and an add took two.
+//! A parked entry has no handler and counts as unregistered. If its fd was closed meanwhile, the
+//! kernel dropped the registration and the MOD fails with ENOENT, so the loop adds it afresh (a
+//! new socket may have the same number). If a duplicate keeps the old file open, its forgotten
+//! registration can still report at most one event, which finds no handler or a handler that
+//! retries and waits again.
 
 use std::os::fd::RawFd;
 
@@ -14,6 +24,11 @@ use crate::core::poller::Interest;
 pub struct IoEntry {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// Registered with EPOLLONESHOT (see the module doc).
+    pub oneshot: bool,
+    /// A one-shot registration not yet disarmed by an event.
+    pub armed: bool,
+    parked: bool,
 }
 
 impl IoEntry {
@@ -21,6 +36,7 @@ impl IoEntry {
         Interest {
             readable: self.reader.is_some(),
             writable: self.writer.is_some(),
+            oneshot: self.oneshot,
         }
     }
 
@@ -37,12 +53,15 @@ impl IoEntry {
 pub struct IoRegistry {
     entries: Vec<Option<IoEntry>>,
     count: usize,
+    parked: usize,
+    /// One-shot registrations that reported an event since the last `rearm`.
+    disarmed: Vec<RawFd>,
 }
 
 impl IoRegistry {
-    /// How many fds are registered.
+    /// How many fds are registered (parked ones are not).
     pub fn len(&self) -> usize {
-        self.count
+        self.count - self.parked
     }
 
     pub fn get(&self, fd: RawFd) -> Option<&IoEntry> {
@@ -59,7 +78,8 @@ impl IoRegistry {
             .and_then(Option::as_mut)
     }
 
-    /// Inserts an empty entry for `fd` (which must be non-negative) and returns it.
+    /// The entry for `fd` (which must be non-negative), made empty if there was none, and
+    /// unparked: a handler is about to be set in it.
     pub fn insert(&mut self, fd: RawFd) -> &mut IoEntry {
         let i = usize::try_from(fd).unwrap_or_default();
         if self.entries.len() <= i {
@@ -68,14 +88,58 @@ impl IoRegistry {
         if self.entries[i].is_none() {
             self.count += 1;
         }
-        self.entries[i].get_or_insert_with(IoEntry::default)
+        let entry = self.entries[i].get_or_insert_with(IoEntry::default);
+        if entry.parked {
+            entry.parked = false;
+            self.parked -= 1;
+        }
+        entry
+    }
+
+    /// Keeps the handler-less one-shot entry of `fd` with its kernel registration.
+    pub fn park(&mut self, fd: RawFd) {
+        if let Some(entry) = self.get_mut(fd) {
+            if !entry.parked {
+                entry.parked = true;
+                self.parked += 1;
+            }
+        }
+    }
+
+    /// Notes that the one-shot registration of `fd`, if it is one, reported an event: the kernel
+    /// disarmed it.
+    pub fn note_event(&mut self, fd: RawFd) {
+        if let Some(entry) = self.get_mut(fd) {
+            if entry.oneshot && entry.armed {
+                entry.armed = false;
+                self.disarmed.push(fd);
+            }
+        }
+    }
+
+    /// Calls `arm(fd, interest)` for each one-shot registration disarmed since the last call
+    /// whose fd still has a handler (a wait that retried and goes on waiting); the others stay
+    /// parked and disarmed.
+    pub fn rearm(&mut self, mut arm: impl FnMut(RawFd, Interest)) {
+        for fd in std::mem::take(&mut self.disarmed) {
+            if let Some(entry) = self.get_mut(fd) {
+                let interest = entry.interest();
+                if entry.oneshot && !entry.armed && !interest.is_empty() {
+                    entry.armed = true;
+                    arm(fd, interest);
+                }
+            }
+        }
     }
 
     pub fn remove(&mut self, fd: RawFd) -> Option<IoEntry> {
         let i = usize::try_from(fd).ok()?;
         let entry = self.entries.get_mut(i)?.take();
-        if entry.is_some() {
+        if let Some(entry) = &entry {
             self.count -= 1;
+            if entry.parked {
+                self.parked -= 1;
+            }
         }
         entry
     }
@@ -83,6 +147,8 @@ impl IoRegistry {
     /// Every registration, emptying the registry: for `close()`.
     pub fn drain(&mut self) -> Vec<(RawFd, IoEntry)> {
         self.count = 0;
+        self.parked = 0;
+        self.disarmed.clear();
         std::mem::take(&mut self.entries)
             .into_iter()
             .enumerate()

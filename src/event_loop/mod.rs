@@ -48,6 +48,17 @@ use crate::gil_cell::GilCell;
 static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// How a reader or writer is registered (see `register_io`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IoKind {
+    /// `add_reader`/`add_writer`: level-triggered, called on every iteration while ready.
+    Level,
+    /// A Rust transport's own read or write step (`Flags::NATIVE_READ`), level-triggered.
+    TransportStep,
+    /// A wait that ends at its first completion: one-shot, parked when removed (`io.rs`).
+    Oneshot,
+}
+
 /// The poller token of the signal wake-up socket (the waker's is `u64::MAX`).
 const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
@@ -311,7 +322,26 @@ impl LoopCore {
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.register_io(py, fd, writer, callback, CallArgs::from_tuple(args), false)
+        self.register_io(
+            py,
+            fd,
+            writer,
+            callback,
+            CallArgs::from_tuple(args),
+            IoKind::Level,
+        )
+    }
+
+    /// `add_io` for a wait that ends at its first completion (`sock.rs`): registered one-shot,
+    /// and parked rather than deleted when removed (see `io.rs`).
+    pub(crate) fn add_oneshot_io<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        writer: bool,
+        callback: Bound<'py, PyAny>,
+    ) -> PyResult<Py<Handle>> {
+        self.register_io(py, fd, writer, callback, CallArgs::Zero, IoKind::Oneshot)
     }
 
     /// Registers a Rust transport's own read (or write) step for `fd` (see
@@ -323,7 +353,14 @@ impl LoopCore {
         writer: bool,
         transport: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.register_io(py, fd, writer, transport, CallArgs::Zero, true)?;
+        self.register_io(
+            py,
+            fd,
+            writer,
+            transport,
+            CallArgs::Zero,
+            IoKind::TransportStep,
+        )?;
         Ok(())
     }
 
@@ -334,11 +371,11 @@ impl LoopCore {
         writer: bool,
         callback: Bound<'py, PyAny>,
         args: CallArgs<'py>,
-        native: bool,
+        kind: IoKind,
     ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
         let handle = self.new_handle(py, callback, args, None, None, false)?;
-        if native {
+        if kind == IoKind::TransportStep {
             handle.get().mark_transport_step(writer);
         }
         let replaced = {
@@ -347,18 +384,21 @@ impl LoopCore {
             let existed = st.io.get(fd).is_some();
             let entry = st.io.insert(fd);
             let replaced = entry.slot(writer).replace(handle.clone().unbind());
+            // One-shot only as the fd's only handler: a level-triggered one on the other side
+            // keeps the registration level-triggered.
+            entry.oneshot = kind == IoKind::Oneshot && entry.slot(!writer).is_none();
+            entry.armed = true;
             let interest = entry.interest();
             let result = if existed {
-                poller.reregister(fd, fd as u64, interest)
+                poller.reregister_or_add(fd, fd as u64, interest)
             } else {
                 poller.register(fd, fd as u64, interest)
             };
             if let Err(err) = result {
-                let failed = if existed {
-                    st.io.get_mut(fd).and_then(|e| e.slot(writer).take())
-                } else {
-                    st.io.remove(fd).and_then(|mut e| e.slot(writer).take())
-                };
+                let failed = st.io.get_mut(fd).and_then(|e| e.slot(writer).take());
+                if st.io.get(fd).is_some_and(|e| e.interest().is_empty()) {
+                    st.io.remove(fd);
+                }
                 drop(st);
                 drop(failed);
                 drop(replaced);
@@ -396,7 +436,9 @@ impl LoopCore {
             };
             let removed = entry.slot(writer).take();
             let interest = entry.interest();
-            if interest.is_empty() {
+            if interest.is_empty() && entry.oneshot {
+                st.io.park(fd);
+            } else if interest.is_empty() {
                 st.io.remove(fd);
                 // The fd may have been closed already, which removed it from epoll.
                 let _ = poller.deregister(fd);

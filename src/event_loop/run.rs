@@ -201,6 +201,7 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool)
             continue;
         }
         let fd = ev.token as i32;
+        st.io.note_event(fd);
         let Some(entry) = st.io.get(fd) else { continue };
         for (ready, slot, is_writer) in [
             (ev.readable, &entry.reader, false),
@@ -227,6 +228,13 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         merge_new_timers(py, this);
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
+        if let Some(poller) = st.poller.clone() {
+            // A wait that found nothing to do at its event waits on: arm it again. The fd may
+            // have been closed meanwhile; the wait then never completes, as with the stock loop.
+            st.io.rearm(|fd, interest| {
+                let _ = poller.reregister_or_add(fd, fd as u64, interest);
+            });
+        }
         let poll = match (plan_wait(&st), &st.poller) {
             (Wait::Poll(timeout), Some(poller)) => {
                 Some((timeout, Arc::clone(poller), std::mem::take(&mut st.events)))

@@ -1,4 +1,5 @@
-//! The Linux backend: one epoll instance, level-triggered registrations, and waits through
+//! The Linux backend: one epoll instance, level-triggered registrations (one-shot where asked),
+//! and waits through
 //! `epoll_pwait2` (nanosecond time-outs) where the kernel has it (5.11+), else `epoll_wait` with
 //! the time-out rounded *up* to whole milliseconds: `Duration::as_millis` truncates, and a
 //! truncated time-out would wake the loop before its next timer is due.
@@ -28,6 +29,9 @@ fn epoll_flags(interest: Interest) -> u32 {
     }
     if interest.writable {
         flags |= libc::EPOLLOUT as u32;
+    }
+    if interest.oneshot {
+        flags |= libc::EPOLLONESHOT as u32;
     }
     flags
 }

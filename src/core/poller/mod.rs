@@ -25,20 +25,25 @@ pub use eventfd::Waker;
 pub struct Interest {
     pub readable: bool,
     pub writable: bool,
+    /// Disarmed by the kernel after one event, until re-registered (EPOLLONESHOT).
+    pub oneshot: bool,
 }
 
 impl Interest {
     pub const READABLE: Interest = Interest {
         readable: true,
         writable: false,
+        oneshot: false,
     };
     pub const WRITABLE: Interest = Interest {
         readable: false,
         writable: true,
+        oneshot: false,
     };
     pub const BOTH: Interest = Interest {
         readable: true,
         writable: true,
+        oneshot: false,
     };
 
     pub fn is_empty(self) -> bool {
@@ -85,7 +90,7 @@ impl Poller {
         self.waker.wake()
     }
 
-    /// Starts watching `fd` under `token`. Level-triggered.
+    /// Starts watching `fd` under `token`. Level-triggered unless `interest.oneshot`.
     pub fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.selector.add(fd, token, interest)
     }
@@ -93,6 +98,17 @@ impl Poller {
     /// Changes what an already registered `fd` is watched for.
     pub fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.selector.modify(fd, token, interest)
+    }
+
+    /// `reregister`, or `register` if the kernel no longer has `fd` registered (it was closed
+    /// since, which drops its registration; the number may now be another file's).
+    pub fn reregister_or_add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        match self.selector.modify(fd, token, interest) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                self.selector.add(fd, token, interest)
+            }
+            other => other,
+        }
     }
 
     /// Stops watching `fd`.
