@@ -193,6 +193,48 @@ mod tests {
     }
 
     #[test]
+    fn oneshot_reports_once_until_rearmed() {
+        let poller = Poller::new().unwrap();
+        let (a, b) = socketpair();
+        let oneshot = Interest {
+            oneshot: true,
+            ..Interest::READABLE
+        };
+        poller.register(a.as_raw_fd(), 7, oneshot).unwrap();
+        write_byte(&b);
+        let mut events = vec![];
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.len(), 1);
+        // Still readable, but disarmed.
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty());
+        poller.reregister_or_add(a.as_raw_fd(), 7, oneshot).unwrap();
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn reregister_or_add_adds_a_closed_fds_number_afresh() {
+        let poller = Poller::new().unwrap();
+        let (a, _b) = socketpair();
+        let number = a.as_raw_fd();
+        poller.register(number, 7, Interest::READABLE).unwrap();
+        let (c, d) = socketpair();
+        // SAFETY: puts `c`'s socket at `number` in one step, closing the socket `a` held there
+        // (which drops its registration); `a` owns the new one from here.
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), number) }, number);
+        drop(c);
+        poller
+            .reregister_or_add(number, 7, Interest::READABLE)
+            .unwrap();
+        write_byte(&d);
+        let mut events = vec![];
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.len(), 1);
+        drop(a);
+    }
+
+    #[test]
     fn reader_and_writer_on_one_fd() {
         let poller = Poller::new().unwrap();
         let (a, b) = socketpair();
