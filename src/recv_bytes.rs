@@ -30,6 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::core::sys::syscall;
+use crate::event_loop::retry_eintr;
 
 extern "C" {
     // CPython's own resize for a `bytes` nothing else references yet (what `socket.recv` uses).
@@ -127,14 +128,10 @@ unsafe fn recv_raw(
     buf: *mut libc::c_void,
     len: usize,
 ) -> PyResult<io::Result<usize>> {
-    loop {
+    retry_eintr(py, || {
         // SAFETY: per the contract, recv may write `len` bytes at `buf`.
-        match syscall!(recv(fd, buf, len, libc::MSG_DONTWAIT)) {
-            Ok(got) => return Ok(Ok(got as usize)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals()?,
-            Err(e) => return Ok(Err(e)),
-        }
-    }
+        syscall!(recv(fd, buf, len, libc::MSG_DONTWAIT)).map(|got| got as usize)
+    })
 }
 
 /// How many received bytes wait to be read on `fd` (0 if the socket cannot tell).

@@ -127,6 +127,20 @@ pub(crate) fn os_error(err: std::io::Error) -> PyErr {
     PyOSError::new_err((errno, message))
 }
 
+/// Runs `op` again after a signal interrupts it, running the Python signal handlers first (as
+/// Python's own socket methods do, PEP 475); a handler's exception propagates.
+pub(crate) fn retry_eintr<T>(
+    py: Python<'_>,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> PyResult<std::io::Result<T>> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals()?,
+            other => return Ok(other),
+        }
+    }
+}
+
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }

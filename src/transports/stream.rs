@@ -45,7 +45,7 @@ use pyo3::{PyTraverseError, PyTypeInfo};
 
 use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
-use crate::event_loop::{os_error, CallArgs, LoopCore};
+use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
 use crate::recv_bytes::recv_bytes_guessing;
 
@@ -113,22 +113,28 @@ enum ReadOutcome<T> {
     Failed(PyErr),
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+impl<T> ReadOutcome<T> {
+    /// What one `recv` amounts to; `is_eof` tells an end of stream from data. As stock, only
+    /// exits escape: any other Python error (a MemoryError for the `bytes`, an exception from a
+    /// signal handler run on EINTR) is a fatal read error.
+    fn of_recv(
+        py: Python<'_>,
+        got: PyResult<std::io::Result<T>>,
+        is_eof: impl FnOnce(&T) -> bool,
+    ) -> PyResult<Self> {
+        Ok(match got {
+            Err(err) if is_exit(py, &err) => return Err(err),
+            Err(err) => ReadOutcome::Failed(err),
+            Ok(Ok(got)) if is_eof(&got) => ReadOutcome::Eof,
+            Ok(Ok(got)) => ReadOutcome::Got(got),
+            Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Ok(Err(e)) => ReadOutcome::Failed(os_error(e)),
+        })
+    }
 }
 
-/// Runs `op` again after a signal interrupts it, running the Python signal handlers first (as
-/// Python's own socket methods do, PEP 475); a handler's exception propagates.
-fn retry_eintr<T>(
-    py: Python<'_>,
-    mut op: impl FnMut() -> std::io::Result<T>,
-) -> PyResult<std::io::Result<T>> {
-    loop {
-        match op() {
-            Err(e) if e.kind() == ErrorKind::Interrupted => py.check_signals()?,
-            other => return Ok(other),
-        }
-    }
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 /// Bytes-like data `write` accepts: `bytes`, `bytearray` or `memoryview`, as the stock check.
@@ -384,15 +390,7 @@ impl StreamTransport {
         let mut guess = self.state.borrow(py).read_guess;
         let got = recv_bytes_guessing(py, self.fd, &mut guess, MAX_READ);
         self.state.borrow_mut(py).read_guess = guess;
-        Ok(match got {
-            // As in `read_into`; a MemoryError for the `bytes` is a fatal read error too.
-            Err(err) if is_exit(py, &err) => return Err(err),
-            Err(err) => ReadOutcome::Failed(err),
-            Ok(Ok(data)) if data.as_bytes().is_empty() => ReadOutcome::Eof,
-            Ok(Ok(data)) => ReadOutcome::Got(data),
-            Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-            Ok(Err(e)) => ReadOutcome::Failed(Self::io_exc(e)),
-        })
+        ReadOutcome::of_recv(py, got, |data| data.as_bytes().is_empty())
     }
 
     /// One `recv` into the buffered protocol's buffer.
@@ -415,16 +413,7 @@ impl StreamTransport {
         let fd = self.fd;
         let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()));
         drop(view);
-        Ok(match got {
-            // As stock, only exits escape; anything else (such as an exception from a signal
-            // handler run on EINTR) is a fatal read error.
-            Err(err) if is_exit(py, &err) => return Err(err),
-            Err(err) => ReadOutcome::Failed(err),
-            Ok(Ok(0)) => ReadOutcome::Eof,
-            Ok(Ok(n)) => ReadOutcome::Got(n),
-            Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-            Ok(Err(e)) => ReadOutcome::Failed(Self::io_exc(e)),
-        })
+        ReadOutcome::of_recv(py, got, |n| *n == 0)
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
