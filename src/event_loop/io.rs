@@ -121,7 +121,12 @@ impl IoRegistry {
     /// whose fd still has a handler (a wait that retried and goes on waiting); the others stay
     /// parked and disarmed.
     pub fn rearm(&mut self, mut arm: impl FnMut(RawFd, Interest)) {
-        for fd in std::mem::take(&mut self.disarmed) {
+        if self.disarmed.is_empty() {
+            return;
+        }
+        // Taken and given back, so the list keeps its capacity from one iteration to the next.
+        let mut disarmed = std::mem::take(&mut self.disarmed);
+        for fd in disarmed.drain(..) {
             if let Some(entry) = self.get_mut(fd) {
                 let interest = entry.interest();
                 if entry.oneshot && !entry.armed && !interest.is_empty() {
@@ -130,6 +135,7 @@ impl IoRegistry {
                 }
             }
         }
+        self.disarmed = disarmed;
     }
 
     pub fn remove(&mut self, fd: RawFd) -> Option<IoEntry> {

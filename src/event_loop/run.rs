@@ -228,10 +228,11 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         merge_new_timers(py, this);
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
-        if let Some(poller) = st.poller.clone() {
+        let fields = &mut *st;
+        if let Some(poller) = &fields.poller {
             // A wait that found nothing to do at its event waits on: arm it again. The fd may
             // have been closed meanwhile; the wait then never completes, as with the stock loop.
-            st.io.rearm(|fd, interest| {
+            fields.io.rearm(|fd, interest| {
                 let _ = poller.reregister_or_add(fd, fd as u64, interest);
             });
         }

@@ -1,8 +1,7 @@
 //! The Linux backend: one epoll instance, level-triggered registrations (one-shot where asked),
-//! and waits through
-//! `epoll_pwait2` (nanosecond time-outs) where the kernel has it (5.11+), else `epoll_wait` with
-//! the time-out rounded *up* to whole milliseconds: `Duration::as_millis` truncates, and a
-//! truncated time-out would wake the loop before its next timer is due.
+//! and waits through `epoll_pwait2` (nanosecond time-outs) where the kernel has it (5.11+), else
+//! `epoll_wait` with the time-out rounded *up* to whole milliseconds: `Duration::as_millis`
+//! truncates, and a truncated time-out would wake the loop before its next timer is due.
 
 use std::io;
 use std::mem::MaybeUninit;
