@@ -17,6 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::TimerHandle>()?;
     m.add_class::<transports::StreamTransport>()?;
     transports::install_finalizers(m.py());
+    transports::install_fast_write(m.py())?;
     m.add_class::<sock::SockWaiter>()?;
     m.add_function(wrap_pyfunction!(sock::sock_recv_start, m)?)?;
     m.add_function(wrap_pyfunction!(sock::sock_sendall_start, m)?)?;

@@ -1092,6 +1092,28 @@ def test_write_type_error_message(loop, unix_pair, opened):
     close_and_wait(loop, transport, protocol)
 
 
+def test_write_binds_its_argument_as_a_python_method_would(loop, unix_pair, opened):
+    a, b = unix_pair
+    transport, protocol = connect(loop, opened, a)
+    transport.write(b"a")
+    transport.write(data=b"b")
+    type(transport).write(transport, b"c")
+    type(transport).write(transport, data=bytearray(b"d"))
+    bad_calls = [
+        (lambda: transport.write(), "missing 1 required positional argument: 'data'"),
+        (lambda: transport.write(b"x", b"y"), "positional argument"),
+        (lambda: transport.write(b"x", data=b"y"), "multiple values for argument 'data'"),
+        (lambda: transport.write(dat=b"x"), "unexpected keyword argument 'dat'"),
+    ]
+    for call, words in bad_calls:
+        with pytest.raises(TypeError, match=re.escape(words)):
+            call()
+    assert transport.get_write_buffer_size() == 0
+    transport.close()
+    assert run(loop, PeerReader(loop, b).done) == b"abcd"
+    assert run(loop, protocol.lost) is None
+
+
 def test_non_contiguous_memoryview_is_a_fatal_write_error(
     loop, unix_pair, opened, handler_calls
 ):

@@ -1,6 +1,9 @@
 //! Transports: the objects between a socket and an asyncio protocol. `stream.rs` holds the TCP
-//! and Unix stream transport.
+//! and Unix stream transport, `fast_write.rs` its `write` entry point.
 
+mod fast_write;
 mod stream;
+
+pub use fast_write::install as install_fast_write;
 
 pub use stream::{install as install_finalizers, run_step, StreamTransport};
