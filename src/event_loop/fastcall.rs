@@ -309,27 +309,37 @@ const METHODS: [(&CStr, ffi::PyCFunctionFastWithKeywords, &CStr); 4] = [
 
 /// Adds the four methods to `LoopCore`. Called once, when the module is imported.
 pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = ty.py();
     for (name, meth, doc) in METHODS {
-        // The definition must outlive the type, which lives as long as the interpreter.
-        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: meth,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr() as *const c_char,
-        }));
-        // SAFETY: the GIL is held; `ty` is a live type object and `def` a valid, leaked method
-        // definition; the result is a new reference or NULL with an exception set.
-        let descr = unsafe {
-            Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
-        };
-        ty.setattr(
-            name.to_str()
-                .map_err(|e| PySystemError::new_err(e.to_string()))?,
-            descr,
-        )?;
+        add_fastcall_method(ty, name, meth, doc)?;
     }
     Ok(())
+}
+
+/// Sets `ty.<name>` to a method descriptor for the raw `METH_FASTCALL | METH_KEYWORDS` function
+/// `meth` (one of PyO3's trampolines around a Rust entry point), replacing any method of that
+/// name.
+pub fn add_fastcall_method(
+    ty: &Bound<'_, PyType>,
+    name: &'static CStr,
+    meth: ffi::PyCFunctionFastWithKeywords,
+    doc: &'static CStr,
+) -> PyResult<()> {
+    let py = ty.py();
+    // The definition must outlive the type, which lives as long as the interpreter.
+    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: meth,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr() as *const c_char,
+    }));
+    // SAFETY: the GIL is held; `ty` is a live type object and `def` a valid, leaked method
+    // definition; the result is a new reference or NULL with an exception set.
+    let descr =
+        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
+    let name = name
+        .to_str()
+        .map_err(|e| PySystemError::new_err(e.to_string()))?;
+    ty.setattr(name, descr)
 }

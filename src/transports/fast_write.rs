@@ -8,7 +8,7 @@
 //! `#[pymethods]` descriptor it replaces, so binding and error messages stay PyO3's, which are
 //! Python's wording. Installed on the class by `install` when the module is imported.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 
 use pyo3::exceptions::PySystemError;
 use pyo3::ffi;
@@ -19,6 +19,7 @@ use pyo3::types::PyType;
 use pyo3::PyTypeInfo;
 
 use super::stream::StreamTransport;
+use crate::event_loop::add_fastcall_method;
 
 /// The `#[pymethods]` `write` descriptor, kept for the calls the fast path does not take.
 static GENERIC_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -84,21 +85,6 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     if GENERIC_WRITE.set(py, generic.unbind()).is_err() {
         return Ok(());
     }
-    // The definition must outlive the type, which lives as long as the interpreter.
-    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"write".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: get_trampoline_function!(
-                fastcall_cfunction_with_keywords,
-                write
-            ),
-        },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: DOC.as_ptr() as *const c_char,
-    }));
-    // SAFETY: the GIL is held; `ty` is a live type object and `def` a valid, leaked method
-    // definition; the result is a new reference or NULL with an exception set.
-    let descr =
-        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
-    ty.setattr("write", descr)
+    let meth = get_trampoline_function!(fastcall_cfunction_with_keywords, write);
+    add_fastcall_method(&ty, c"write", meth, DOC)
 }
