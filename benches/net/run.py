@@ -44,8 +44,8 @@ def cases():
 
 
 def build_loadgen():
-    if not LOADGEN.exists():
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True)
+    """Builds the client, or rebuilds it if its source changed (cargo does nothing otherwise)."""
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True)
 
 
 def cpu_ticks(pid):
