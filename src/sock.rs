@@ -25,14 +25,22 @@ use pyo3::PyTraverseError;
 use crate::core::sys;
 use crate::event_loop::{os_error, Handle, LoopCore};
 use crate::gil_cell::GilCell;
-use crate::recv_bytes::recv_bytes;
+use crate::recv_bytes::{recv_bytes, recv_bytes_guessing};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SOCKET_KIND: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// What a waiter does each time its fd is ready.
 enum Op {
-    Recv { n: usize },
-    SendAll { data: Py<PyAny>, sent: usize },
+    /// `stream`: a SOCK_STREAM socket, whose reads may be sized by a guess (`recv_now`).
+    Recv {
+        n: usize,
+        stream: bool,
+    },
+    SendAll {
+        data: Py<PyAny>,
+        sent: usize,
+    },
 }
 
 struct Waiting {
@@ -70,9 +78,50 @@ fn plain_socket_fd(
     Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
 }
 
+/// Whether `sock` (a plain socket) is a SOCK_STREAM one, read through `_socket.socket`'s C
+/// member: `socket.socket.type` is a Python property that builds an enum.
+fn is_stream(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    let member = SOCKET_KIND.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("_socket")?
+                .getattr("socket")?
+                .getattr("type")?
+                .unbind(),
+        )
+    })?;
+    let kind: i32 = member
+        .bind(py)
+        .call_method1(intern!(py, "__get__"), (sock,))?
+        .extract()?;
+    Ok(kind == libc::SOCK_STREAM)
+}
+
+/// The largest `n` whose reads are sized by a guess. Above it a read allocates `n` bytes as
+/// `socket.recv` does, so a size no allocation can serve raises MemoryError as it does there.
+const GUESSED_MAX: usize = 256 * 1024;
+
 /// One non-blocking `recv` of at most `n` bytes: `Some(bytes)`, or `None` if it would block.
-fn recv_now<'py>(py: Python<'py>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    match recv_bytes(py, fd, n)? {
+/// On a stream socket the read is sized by what the previous one brought
+/// (`recv_bytes::ReadGuesses`); on any other kind it is `n`, as a datagram longer than the
+/// buffer would be cut.
+fn recv_now<'py>(
+    event_loop: &Bound<'py, LoopCore>,
+    fd: RawFd,
+    n: usize,
+    stream: bool,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let py = event_loop.py();
+    let read = if stream && n <= GUESSED_MAX {
+        // The guess is taken out and put back: a signal handler run by the read may use the loop.
+        let mut guess = event_loop.get().recv_guess(py, fd);
+        let read = recv_bytes_guessing(py, fd, &mut guess, n)?;
+        event_loop.get().set_recv_guess(py, fd, guess);
+        read
+    } else {
+        recv_bytes(py, fd, n)?
+    };
+    match read {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(os_error(e)),
@@ -191,12 +240,16 @@ impl SockWaiter {
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Ok(());
         }
-        let recv_n = match &this.state.borrow(py).op {
-            Op::Recv { n } => Some(*n),
-            Op::SendAll { .. } => None,
+        let (event_loop, recv) = {
+            let st = this.state.borrow(py);
+            let recv = match &st.op {
+                Op::Recv { n, stream } => Some((*n, *stream)),
+                Op::SendAll { .. } => None,
+            };
+            (st.event_loop.clone_ref(py).into_bound(py), recv)
         };
-        if let Some(n) = recv_n {
-            return match recv_now(py, this.fd, n) {
+        if let Some((n, stream)) = recv {
+            return match recv_now(&event_loop, this.fd, n, stream) {
                 Ok(None) => Ok(()),
                 Ok(Some(data)) => Self::finish(slf, Ok(data.into_any())),
                 Err(err) => Self::finish(slf, Err(err)),
@@ -263,10 +316,11 @@ pub fn sock_recv_start<'py>(
     let (Some(fd), Ok(n)) = (plain_socket_fd(event_loop, sock)?, usize::try_from(n)) else {
         return Ok(py.NotImplemented().into_bound(py));
     };
-    if let Some(data) = recv_now(py, fd, n)? {
+    let stream = is_stream(sock)?;
+    if let Some(data) = recv_now(event_loop, fd, n, stream)? {
         return Ok(data.into_any());
     }
-    SockWaiter::start(event_loop, fd, false, Op::Recv { n })
+    SockWaiter::start(event_loop, fd, false, Op::Recv { n, stream })
 }
 
 /// `sock_sendall`'s first step: `None` if everything was sent now, else a future done when the

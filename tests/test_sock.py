@@ -197,6 +197,49 @@ class TestRecv:
             if kept is not None:
                 kept.close()
 
+    def test_large_read_after_small_ones_returns_all_that_waits(self, loop, tcp_pair):
+        # ferroloop sizes a stream socket's reads by what the previous ones brought; a burst
+        # after small reads still comes back whole, up to n, as one recv(n) returns it.
+        client, server = tcp_pair
+        for _ in range(3):
+            client.send(b"small")
+            assert run(loop, loop.sock_recv(server, 65536)) == b"small"
+        burst = bytes(range(256)) * 192  # 48 KiB
+        client.setblocking(True)
+        client.sendall(burst)
+        client.setblocking(False)
+        deadline = loop.time() + GUARD
+        while loop.time() < deadline:
+            waiting = server.recv(65536, socket.MSG_PEEK)
+            if len(waiting) == len(burst):
+                break
+        assert run(loop, loop.sock_recv(server, 65536)) == burst
+
+    @pytest.mark.parametrize("kind", ["udp", "seqpacket"])
+    def test_datagram_longer_than_earlier_ones_is_not_cut(self, loop, kind):
+        # Each recv takes one whole datagram (up to n): a read sized by earlier small
+        # datagrams would cut a longer one.
+        if kind == "udp":
+            a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            a.bind(("127.0.0.1", 0))
+            b.connect(a.getsockname())
+        else:
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        a.setblocking(False)
+        try:
+            for _ in range(3):
+                b.send(b"tiny")
+                assert run(loop, loop.sock_recv(a, 65536)) == b"tiny"
+            long = bytes(range(256)) * 80  # 20 KiB
+            b.send(long)
+            b.send(b"next")
+            assert run(loop, loop.sock_recv(a, 65536)) == long
+            assert run(loop, loop.sock_recv(a, 65536)) == b"next"
+        finally:
+            a.close()
+            b.close()
+
     def test_empty_bytes_at_end_of_stream(self, loop, pair):
         a, b = pair
         loop.call_soon(b.shutdown, socket.SHUT_WR)

@@ -43,6 +43,7 @@ use crate::core::ready::ReadyQueue;
 use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
+use crate::recv_bytes::ReadGuesses;
 
 /// `asyncio.futures.Future` and `asyncio.tasks.Task` (the C types), looked up once.
 static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -86,6 +87,8 @@ pub struct LoopState {
     /// The running thread's id (`threading.get_ident()`), `Some` while running.
     thread_id: Option<u64>,
     slow_callback_duration: f64,
+    /// What `sock_recv` guesses each stream socket's next read will bring (`recv_bytes.rs`).
+    recv_guesses: ReadGuesses,
 }
 
 impl LoopState {
@@ -434,6 +437,15 @@ impl LoopCore {
             .map_or((false, false), |e| (e.reader.is_some(), e.writer.is_some()))
     }
 
+    /// The size `sock_recv` guesses the next read of stream socket `fd` will bring.
+    pub(crate) fn recv_guess(&self, py: Python<'_>, fd: RawFd) -> usize {
+        self.state.borrow(py).recv_guesses.get(fd)
+    }
+
+    pub(crate) fn set_recv_guess(&self, py: Python<'_>, fd: RawFd, guess: usize) {
+        self.state.borrow_mut(py).recv_guesses.set(fd, guess);
+    }
+
     pub(crate) fn debug_enabled(&self) -> bool {
         self.shared.debug()
     }
@@ -499,6 +511,7 @@ impl LoopCore {
                 stopping: false,
                 thread_id: None,
                 slow_callback_duration: 0.1,
+                recv_guesses: ReadGuesses::default(),
             }),
             shared,
         })
