@@ -24,6 +24,18 @@
 //! Transports keep their guess themselves; `loop.sock_recv` on a stream socket keeps one per fd
 //! in the loop (`ReadGuesses`). Datagram and seqpacket sockets always read `n`: one `recv`
 //! takes one whole message, and a smaller buffer would cut it.
+//!
+//! A transport's reads go further (`recv_lending`): the `bytes` handed to `data_received` is
+//! taken back when the protocol returns without keeping a reference to it (its reference count
+//! is ours alone), and the next read, of any transport of the loop, receives into it. Echoing
+//! 1 KiB messages, that saves a `malloc` and `free` of the 1 KiB object (just past glibc's
+//! per-thread cache, so both take the slow path) and the copy out of the stack buffer at every
+//! read, and the kernel writes into memory that is still in the cache. Nothing can tell: an
+//! object nobody else references can be reused as CPython itself resizes one (the size, the
+//! final NUL and the cached hash are reset). To receive into it, the object's storage is
+//! larger than the bytes it holds; so that a protocol that keeps what it receives keeps at
+//! most twice the memory, an object is handed over with spare room only when the read filled
+//! at least half of it, and otherwise what arrived is copied into an exact-size `bytes`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -35,6 +47,7 @@ use pyo3::types::PyBytes;
 
 use crate::core::sys::syscall;
 use crate::event_loop::retry_eintr;
+use crate::gil_cell::GilCell;
 
 extern "C" {
     // CPython's own resize for a `bytes` nothing else references yet (what `socket.recv` uses).
@@ -106,6 +119,143 @@ pub fn recv_bytes_guessing<'py>(
     Ok(read)
 }
 
+/// Transport reads expected at least this big go into a lent `bytes` (`recv_lending`); smaller
+/// ones keep to the stack buffer, whose exact-size copies CPython's small-object allocator
+/// serves (up to 512 bytes) faster than any reuse would.
+const LEND_FROM: usize = 1024;
+
+/// How many transport reads in a row may find the spare the wrong size before an object a
+/// protocol let go takes its place: the spare follows the traffic of the moment.
+const MISSES_BEFORE_REPLACING: u32 = 8;
+
+/// A `bytes` to receive into: the object, referenced by nothing else, and the room its
+/// storage has (its size when it was made).
+pub struct Spare {
+    object: Py<PyBytes>,
+    capacity: usize,
+}
+
+/// The loop's spare for transport reads (module doc).
+#[derive(Default)]
+pub struct SpareSlot {
+    spare: Option<Spare>,
+    /// Reads in a row that found the spare the wrong size.
+    misses: u32,
+}
+
+impl SpareSlot {
+    /// The spare, if it has room for `want` bytes and is at most four times that: a 256 KiB
+    /// spare would mostly be copied out of by 1 KiB reads.
+    fn take_for(&mut self, want: usize) -> Option<Spare> {
+        let fits = self
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.capacity >= want && s.capacity / 4 <= want);
+        if fits {
+            self.misses = 0;
+            self.spare.take()
+        } else {
+            self.misses = self.misses.saturating_add(u32::from(self.spare.is_some()));
+            None
+        }
+    }
+
+    /// Keeps `spare` if the slot is empty or its spare has not suited the last reads. A `bytes`
+    /// dropped here (the one replaced, or `spare`) runs no Python code.
+    fn offer(&mut self, spare: Spare) {
+        if self.spare.is_none() || self.misses >= MISSES_BEFORE_REPLACING {
+            self.misses = 0;
+            self.spare = Some(spare);
+        }
+    }
+
+    /// Lets the spare go (the loop is closing).
+    pub fn clear(&mut self) {
+        self.spare = None;
+    }
+}
+
+/// What a transport read brought, and the room the object has for a later read.
+pub struct Received<'py> {
+    bytes: Bound<'py, PyBytes>,
+    capacity: usize,
+}
+
+impl<'py> Received<'py> {
+    pub fn bytes(&self) -> &Bound<'py, PyBytes> {
+        &self.bytes
+    }
+
+    /// After the protocol had the bytes: the object goes back to `slot` if nothing else
+    /// references it and it is worth keeping.
+    pub fn give_back(self, slot: &mut SpareSlot) {
+        // SAFETY: `bytes` is a live object; reading its reference count has no effect.
+        let alone = unsafe { ffi::Py_REFCNT(self.bytes.as_ptr()) } == 1;
+        if alone && self.capacity >= LEND_FROM {
+            slot.offer(Spare {
+                object: self.bytes.unbind(),
+                capacity: self.capacity,
+            });
+        }
+    }
+}
+
+/// A transport's read: as `recv_bytes_guessing`, but into the loop's spare when `slot` has one
+/// of the right size, handing over its object with room to spare when the read filled at least
+/// half of it (module doc).
+pub fn recv_lending<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    guess: &mut usize,
+    max: usize,
+    slot: &GilCell<SpareSlot>,
+) -> PyResult<io::Result<Received<'py>>> {
+    if *guess < LEND_FROM || max < STACK_READ {
+        let read = recv_small(py, fd, max)?;
+        return Ok(read.map(|bytes| {
+            let capacity = bytes.as_bytes().len();
+            *guess = capacity.saturating_mul(2);
+            Received { bytes, capacity }
+        }));
+    }
+    let want = (*guess).min(max);
+    let spare = slot.borrow_mut(py).take_for(want);
+    let lent = spare.is_some();
+    let mut filling = match spare {
+        Some(spare) => Filling::lend(py, spare),
+        None => Filling::new(py, want)?,
+    };
+    let got = match filling.recv_at(fd, 0)? {
+        Ok(got) => got,
+        Err(e) => {
+            if lent {
+                slot.borrow_mut(py).offer(filling.into_spare());
+            }
+            return Ok(Err(e));
+        }
+    };
+    let total = if got == filling.len {
+        filling.read_waiting(fd, got, max)?
+    } else {
+        got
+    };
+    *guess = total.saturating_mul(2);
+    if total > 0 && total.saturating_mul(2) >= filling.len {
+        return Ok(Ok(filling.hand_over(total)));
+    }
+    let bytes = if lent {
+        let bytes = PyBytes::new(py, &filling.as_mut_slice()[..total]);
+        slot.borrow_mut(py).offer(filling.into_spare());
+        bytes
+    } else {
+        filling.finish(total)?
+    };
+    Ok(Ok(Received {
+        capacity: total,
+        bytes,
+    }))
+}
+
 /// A read expected to be small: into a buffer on the stack, then copied into a `bytes` exactly
 /// as long as what arrived, which for a few hundred bytes CPython's small-object allocator
 /// serves without calling `malloc` (whose large requests first consolidate its free lists).
@@ -174,6 +324,16 @@ fn bytes_waiting(fd: RawFd) -> usize {
     }
 }
 
+/// Sets the size of a `bytes` (`Py_SET_SIZE`, which PyO3 does not export).
+///
+/// # Safety
+/// `object` is a `bytes` that nothing else references, with storage for at least `len` bytes
+/// and the NUL after them.
+unsafe fn set_size(object: *mut ffi::PyObject, len: usize) {
+    // SAFETY: per the contract; a `bytes` starts with a PyVarObject header.
+    unsafe { (*object.cast::<ffi::PyVarObject>()).ob_size = len as ffi::Py_ssize_t };
+}
+
 /// A `bytes` being filled, referenced by nothing else until `finish` hands it over: the
 /// condition for resizing it in place.
 struct Filling<'py> {
@@ -192,6 +352,54 @@ impl<'py> Filling<'py> {
             return Err(PyErr::fetch(py));
         }
         Ok(Filling { py, object, len })
+    }
+
+    /// Fills the spare's object again: its size is set back to the room it has.
+    fn lend(py: Python<'py>, spare: Spare) -> Self {
+        let object = spare.object.into_ptr();
+        // SAFETY: `object` is a `bytes` nobody else references, whose storage was made for
+        // `capacity` bytes (and the final NUL); a `bytes` is a PyVarObject.
+        unsafe { set_size(object, spare.capacity) };
+        Filling {
+            py,
+            object,
+            len: spare.capacity,
+        }
+    }
+
+    /// The object, to be filled again later: its whole storage is the room it has.
+    fn into_spare(mut self) -> Spare {
+        let object = std::mem::replace(&mut self.object, ptr::null_mut());
+        Spare {
+            // SAFETY: `object` is a `bytes` we own; the reference moves to the `Py`.
+            object: unsafe { Bound::from_owned_ptr(self.py, object).cast_into_unchecked() }
+                .unbind(),
+            capacity: self.len,
+        }
+    }
+
+    /// The object as a `bytes` of its first `len` bytes, its storage left as it is, so that it
+    /// can be filled again up to its present size (`Received::give_back`).
+    fn hand_over(mut self, len: usize) -> Received<'py> {
+        let capacity = self.len;
+        let object = std::mem::replace(&mut self.object, ptr::null_mut());
+        // SAFETY: `object` is a `bytes` we own with `capacity >= len` bytes of storage and room
+        // for the final NUL after them; as `_PyBytes_Resize` does, the cached hash is cleared,
+        // since the object may have been hashed while lent before. The reference moves to the
+        // `Bound`.
+        unsafe {
+            set_size(object, len);
+            let bytes = object.cast::<ffi::PyBytesObject>();
+            *ffi::PyBytes_AsString(object).add(len) = 0;
+            #[allow(deprecated)]
+            {
+                (*bytes).ob_shash = -1;
+            }
+            Received {
+                bytes: Bound::from_owned_ptr(self.py, object).cast_into_unchecked(),
+                capacity,
+            }
+        }
     }
 
     fn resize(&mut self, len: usize) -> PyResult<()> {

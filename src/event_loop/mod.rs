@@ -43,7 +43,7 @@ use crate::core::ready::ReadyQueue;
 use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
-use crate::recv_bytes::ReadGuesses;
+use crate::recv_bytes::{ReadGuesses, SpareSlot};
 
 /// `asyncio.futures.Future` and `asyncio.tasks.Task` (the C types), looked up once.
 static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -112,6 +112,8 @@ impl LoopState {
 pub struct LoopCore {
     state: GilCell<LoopState>,
     shared: Arc<LoopShared>,
+    /// The `bytes` lent to one transport read after another (`recv_bytes.rs`).
+    read_spare: GilCell<SpareSlot>,
 }
 
 pub fn current_thread_id() -> u64 {
@@ -446,6 +448,11 @@ impl LoopCore {
         self.state.borrow_mut(py).recv_guesses.set(fd, guess);
     }
 
+    /// The spare `bytes` of transport reads.
+    pub(crate) fn read_spare(&self) -> &GilCell<SpareSlot> {
+        &self.read_spare
+    }
+
     pub(crate) fn debug_enabled(&self) -> bool {
         self.shared.debug()
     }
@@ -514,6 +521,7 @@ impl LoopCore {
                 recv_guesses: ReadGuesses::default(),
             }),
             shared,
+            read_spare: GilCell::new(SpareSlot::default()),
         })
     }
 
@@ -642,6 +650,7 @@ impl LoopCore {
             (handles, st.snapshots.clear())
         };
         drop(snapshot);
+        self.read_spare.borrow_mut(py).clear();
         self.shared.reset_cancelled();
         for handle in garbage {
             handle.get().unschedule();

@@ -47,7 +47,7 @@ use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
 use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
-use crate::recv_bytes::recv_bytes_guessing;
+use crate::recv_bytes::{recv_lending, Received};
 
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -386,11 +386,21 @@ impl StreamTransport {
     }
 
     /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
-    fn read_bytes<'py>(&self, py: Python<'py>) -> PyResult<ReadOutcome<Bound<'py, PyBytes>>> {
+    fn read_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        event_loop: &Bound<'py, LoopCore>,
+    ) -> PyResult<ReadOutcome<Received<'py>>> {
         let mut guess = self.state.borrow(py).read_guess;
-        let got = recv_bytes_guessing(py, self.fd, &mut guess, MAX_READ);
+        let got = recv_lending(
+            py,
+            self.fd,
+            &mut guess,
+            MAX_READ,
+            event_loop.get().read_spare(),
+        );
         self.state.borrow_mut(py).read_guess = guess;
-        ReadOutcome::of_recv(py, got, |data| data.as_bytes().is_empty())
+        ReadOutcome::of_recv(py, got, |data| data.bytes().as_bytes().is_empty())
     }
 
     /// One `recv` into the buffered protocol's buffer.
@@ -700,22 +710,27 @@ impl StreamTransport {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered) = {
+        let (protocol, buffered, event_loop) = {
             let st = this.state.borrow(py);
             if st.conn_lost > 0 {
                 return Ok(());
             }
-            match &st.protocol {
-                Some(p) => (p.bind(py).clone(), st.buffered),
-                None => return Ok(()),
+            match (&st.protocol, &st.event_loop) {
+                (Some(p), Some(l)) => (p.bind(py).clone(), st.buffered, l.bind(py).clone()),
+                _ => return Ok(()),
             }
         };
         if !buffered {
-            let outcome = this.read_bytes(py)?;
+            let outcome = this.read_bytes(py, &event_loop)?;
             return Self::after_read(
                 slf,
                 outcome,
-                |data| protocol.call_method1(intern!(py, "data_received"), (data,)),
+                |data| {
+                    let result =
+                        protocol.call_method1(intern!(py, "data_received"), (data.bytes(),));
+                    data.give_back(&mut event_loop.get().read_spare().borrow_mut(py));
+                    result
+                },
                 "Fatal error: protocol.data_received() call failed.",
             );
         }

@@ -1,0 +1,251 @@
+"""Parity tests for the `bytes` a stream transport hands to `data_received`.
+
+ferroloop receives into the `bytes` of an earlier read once the protocol has let it go (its only
+reference is the transport's; see src/recv_bytes.rs). These tests pin down what a protocol must
+never be able to see from that, on both loops: an object it still holds, directly, through a
+memoryview or as a dict key, never changes; every object is a true `bytes` of the right length
+and hash; every byte arrives once and in order, whatever the sizes of the messages in turn.
+
+The peer sends one message at a time and waits until the protocol has all of it, so reads follow
+the messages' sizes, growing and shrinking (the reuse depends on the size of the last read).
+"""
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+TIMEOUT = 60.0
+
+# Sizes in turn: small, around the 1 KiB where reuse starts, growing past and shrinking below
+# what the last read brought, and one larger than a single read takes.
+SIZES = [1024, 1024, 1500, 3000, 700, 100_000, 1024, 2048, 5000, 1024, 40, 2500, 300_000, 1100]
+
+
+def tcp_connection():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    a.setblocking(False)
+    return a, b
+
+
+def unix_connection():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def pair(request):
+    a, b = tcp_connection() if request.param == "tcp" else unix_connection()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def run(loop, awaitable):
+    return loop.run_until_complete(asyncio.wait_for(awaitable, TIMEOUT))
+
+
+class Collector(asyncio.Protocol):
+    """Counts what arrives; `on_data(data)` decides what of it to keep (subclasses)."""
+
+    def __init__(self, loop):
+        self.received = bytearray()
+        self.lost = loop.create_future()
+        self.problems = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if type(data) is not bytes:
+            self.problems.append(f"got a {type(data).__name__}")
+        copy = bytes(bytearray(data))
+        if hash(data) != hash(copy) or len(data) != len(copy) or data != copy:
+            self.problems.append("an object that does not equal its own copy")
+        self.received += data
+        self.on_data(data, copy)
+
+    def on_data(self, data, copy):
+        pass
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def exchange(loop, protocol, peer, sizes):
+    """Sends messages of `sizes` one after another, each once the last has all arrived; returns
+    everything sent."""
+    sent = bytearray()
+
+    async def send_all():
+        for size in sizes:
+            message = os.urandom(size)
+            await loop.sock_sendall(peer, message)
+            sent.extend(message)
+            while len(protocol.received) < len(sent):
+                await asyncio.sleep(0)
+
+    peer.setblocking(False)
+    run(loop, send_all())
+    return bytes(sent)
+
+
+def make(loop, sock, protocol):
+    transport = loop._make_socket_transport(sock, protocol)
+
+    async def made():
+        while not hasattr(protocol, "transport"):
+            await asyncio.sleep(0)
+
+    run(loop, made())
+    return transport
+
+
+def finish(loop, transport, protocol):
+    transport.close()
+    run(loop, protocol.lost)
+
+
+class KeepsEveryOther(Collector):
+    """Keeps every other object it gets, with a copy of what it held then."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.kept = []
+        self.count = 0
+
+    def on_data(self, data, copy):
+        self.count += 1
+        if self.count % 2:
+            self.kept.append((data, copy))
+
+
+def test_objects_a_protocol_keeps_never_change(loop, pair):
+    a, b = pair
+    protocol = KeepsEveryOther(loop)
+    transport = make(loop, a, protocol)
+    sent = exchange(loop, protocol, b, SIZES * 3)
+    finish(loop, transport, protocol)
+    assert protocol.problems == []
+    assert bytes(protocol.received) == sent
+    assert protocol.kept
+    for data, copy in protocol.kept:
+        assert data == copy
+
+
+class KeepsViews(Collector):
+    """Keeps only a memoryview of each object, never the object itself."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.views = []
+
+    def on_data(self, data, copy):
+        self.views.append((memoryview(data), copy))
+
+
+def test_memoryviews_a_protocol_keeps_never_change(loop, pair):
+    a, b = pair
+    protocol = KeepsViews(loop)
+    transport = make(loop, a, protocol)
+    sent = exchange(loop, protocol, b, SIZES * 2)
+    finish(loop, transport, protocol)
+    assert protocol.problems == []
+    assert bytes(protocol.received) == sent
+    for view, copy in protocol.views:
+        assert view.tobytes() == copy
+        assert view.nbytes == len(copy)
+
+
+class HashesAndDrops(Collector):
+    """Uses each object as a dict key for the length of the call, then lets it go: a hash the
+    object cached must not outlive its contents."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.hashes = []
+
+    def on_data(self, data, copy):
+        seen = {data: len(data)}
+        if seen.get(copy) != len(copy):
+            self.problems.append("the object is not found by its copy")
+        self.hashes.append((hash(copy), copy))
+
+
+def test_hashes_are_those_of_the_contents(loop, pair):
+    a, b = pair
+    protocol = HashesAndDrops(loop)
+    transport = make(loop, a, protocol)
+    sent = exchange(loop, protocol, b, SIZES * 3)
+    finish(loop, transport, protocol)
+    assert protocol.problems == []
+    assert bytes(protocol.received) == sent
+    assert all(hash(copy) == h for h, copy in protocol.hashes)
+
+
+class KeepsAfterward(Collector):
+    """Lets each object go at once, except that every third call keeps the object of the
+    previous call, taken back from where it was parked: an object kept late is safe as well."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.previous = None
+        self.kept = []
+        self.count = 0
+
+    def on_data(self, data, copy):
+        self.count += 1
+        if self.count % 3 == 0 and self.previous is not None:
+            self.kept.append(self.previous)
+        self.previous = (data, copy) if self.count % 3 == 2 else None
+
+
+def test_an_object_kept_across_calls_never_changes(loop, pair):
+    a, b = pair
+    protocol = KeepsAfterward(loop)
+    transport = make(loop, a, protocol)
+    sent = exchange(loop, protocol, b, SIZES * 3)
+    finish(loop, transport, protocol)
+    assert protocol.problems == []
+    assert bytes(protocol.received) == sent
+    assert protocol.kept
+    for data, copy in protocol.kept:
+        assert data == copy
+
+
+def test_two_transports_taking_turns_get_their_own_bytes(loop):
+    # Two connections of one loop with messages of different sizes, read in the same
+    # iterations: each protocol gets its own peer's bytes, whole and in order.
+    pairs = [unix_connection(), tcp_connection()]
+    try:
+        protocols = [KeepsEveryOther(loop) for _ in pairs]
+        transports = [make(loop, a, p) for (a, _), p in zip(pairs, protocols)]
+        sent = [bytearray(), bytearray()]
+
+        async def peer(i, sizes):
+            b = pairs[i][1]
+            b.setblocking(False)
+            for size in sizes:
+                message = os.urandom(size)
+                await loop.sock_sendall(b, message)
+                sent[i].extend(message)
+                while len(protocols[i].received) < len(sent[i]):
+                    await asyncio.sleep(0)
+
+        run(loop, asyncio.gather(peer(0, SIZES * 2), peer(1, list(reversed(SIZES)) * 2)))
+        for transport, protocol, data in zip(transports, protocols, sent):
+            finish(loop, transport, protocol)
+            assert protocol.problems == []
+            assert bytes(protocol.received) == bytes(data)
+            for kept, copy in protocol.kept:
+                assert kept == copy
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
