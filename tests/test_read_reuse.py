@@ -125,18 +125,10 @@ class KeepsEveryOther(Collector):
         if self.count % 2:
             self.kept.append((data, copy))
 
-
-def test_objects_a_protocol_keeps_never_change(loop, pair):
-    a, b = pair
-    protocol = KeepsEveryOther(loop)
-    transport = make(loop, a, protocol)
-    sent = exchange(loop, protocol, b, SIZES * 3)
-    finish(loop, transport, protocol)
-    assert protocol.problems == []
-    assert bytes(protocol.received) == sent
-    assert protocol.kept
-    for data, copy in protocol.kept:
-        assert data == copy
+    def check_held(self):
+        assert self.kept
+        for data, copy in self.kept:
+            assert data == copy
 
 
 class KeepsViews(Collector):
@@ -149,18 +141,10 @@ class KeepsViews(Collector):
     def on_data(self, data, copy):
         self.views.append((memoryview(data), copy))
 
-
-def test_memoryviews_a_protocol_keeps_never_change(loop, pair):
-    a, b = pair
-    protocol = KeepsViews(loop)
-    transport = make(loop, a, protocol)
-    sent = exchange(loop, protocol, b, SIZES * 2)
-    finish(loop, transport, protocol)
-    assert protocol.problems == []
-    assert bytes(protocol.received) == sent
-    for view, copy in protocol.views:
-        assert view.tobytes() == copy
-        assert view.nbytes == len(copy)
+    def check_held(self):
+        for view, copy in self.views:
+            assert view.tobytes() == copy
+            assert view.nbytes == len(copy)
 
 
 class HashesAndDrops(Collector):
@@ -177,27 +161,17 @@ class HashesAndDrops(Collector):
             self.problems.append("the object is not found by its copy")
         self.hashes.append((hash(copy), copy))
 
-
-def test_hashes_are_those_of_the_contents(loop, pair):
-    a, b = pair
-    protocol = HashesAndDrops(loop)
-    transport = make(loop, a, protocol)
-    sent = exchange(loop, protocol, b, SIZES * 3)
-    finish(loop, transport, protocol)
-    assert protocol.problems == []
-    assert bytes(protocol.received) == sent
-    assert all(hash(copy) == h for h, copy in protocol.hashes)
+    def check_held(self):
+        assert all(hash(copy) == h for h, copy in self.hashes)
 
 
-class KeepsAfterward(Collector):
+class KeepsAfterward(KeepsEveryOther):
     """Lets each object go at once, except that every third call keeps the object of the
     previous call, taken back from where it was parked: an object kept late is safe as well."""
 
     def __init__(self, loop):
         super().__init__(loop)
         self.previous = None
-        self.kept = []
-        self.count = 0
 
     def on_data(self, data, copy):
         self.count += 1
@@ -206,17 +180,16 @@ class KeepsAfterward(Collector):
         self.previous = (data, copy) if self.count % 3 == 2 else None
 
 
-def test_an_object_kept_across_calls_never_changes(loop, pair):
+@pytest.mark.parametrize("kind", [KeepsEveryOther, KeepsViews, HashesAndDrops, KeepsAfterward])
+def test_what_a_protocol_holds_never_changes(loop, pair, kind):
     a, b = pair
-    protocol = KeepsAfterward(loop)
+    protocol = kind(loop)
     transport = make(loop, a, protocol)
     sent = exchange(loop, protocol, b, SIZES * 3)
     finish(loop, transport, protocol)
     assert protocol.problems == []
     assert bytes(protocol.received) == sent
-    assert protocol.kept
-    for data, copy in protocol.kept:
-        assert data == copy
+    protocol.check_held()
 
 
 def test_two_transports_taking_turns_get_their_own_bytes(loop):
@@ -243,8 +216,7 @@ def test_two_transports_taking_turns_get_their_own_bytes(loop):
             finish(loop, transport, protocol)
             assert protocol.problems == []
             assert bytes(protocol.received) == bytes(data)
-            for kept, copy in protocol.kept:
-                assert kept == copy
+            protocol.check_held()
     finally:
         for a, b in pairs:
             a.close()
