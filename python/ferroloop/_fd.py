@@ -1,5 +1,4 @@
-"""Small helpers shared by the loop's mixins: turning file objects into fds with the `selectors`
-module's errors, and the stand-in for methods not written yet."""
+"""Turning file objects into fds with the `selectors` module's errors, for the loop's mixins."""
 
 
 def fileobj_to_fd(fileobj):
@@ -15,13 +14,3 @@ def fileobj_to_fd(fileobj):
         raise ValueError(f"Invalid file descriptor: {fd}")
     return fd
 
-
-def not_implemented(name, area):
-    """A method that raises NotImplementedError naming itself and the missing area."""
-
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(f"ferroloop does not implement {name}() yet ({area})")
-
-    method.__name__ = name
-    method.__qualname__ = f"Loop.{name}"
-    return method
