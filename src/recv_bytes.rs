@@ -188,11 +188,12 @@ impl<'py> Received<'py> {
 
     /// After the protocol had the bytes: the object goes back to `slot` if nothing else
     /// references it and it is worth keeping.
-    pub fn give_back(self, slot: &mut SpareSlot) {
+    pub fn give_back(self, slot: &GilCell<SpareSlot>) {
         // SAFETY: `bytes` is a live object; reading its reference count has no effect.
         let alone = unsafe { ffi::Py_REFCNT(self.bytes.as_ptr()) } == 1;
         if alone && self.capacity >= LEND_FROM {
-            slot.offer(Spare {
+            let py = self.bytes.py();
+            slot.borrow_mut(py).offer(Spare {
                 object: self.bytes.unbind(),
                 capacity: self.capacity,
             });

@@ -728,7 +728,7 @@ impl StreamTransport {
                 |data| {
                     let result =
                         protocol.call_method1(intern!(py, "data_received"), (data.bytes(),));
-                    data.give_back(&mut event_loop.get().read_spare().borrow_mut(py));
+                    data.give_back(event_loop.get().read_spare());
                     result
                 },
                 "Fatal error: protocol.data_received() call failed.",
