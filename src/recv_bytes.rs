@@ -226,19 +226,14 @@ pub fn recv_lending<'py>(
         Some(spare) => Filling::lend(py, spare),
         None => Filling::new(py, want)?,
     };
-    let got = match filling.recv_at(fd, 0)? {
-        Ok(got) => got,
+    let total = match filling.fill(fd, max)? {
+        Ok(total) => total,
         Err(e) => {
             if lent {
                 slot.borrow_mut(py).offer(filling.into_spare());
             }
             return Ok(Err(e));
         }
-    };
-    let total = if got == filling.len {
-        filling.read_waiting(fd, got, max)?
-    } else {
-        got
     };
     *guess = total.saturating_mul(2);
     if total > 0 && total.saturating_mul(2) >= filling.len {
@@ -286,16 +281,10 @@ fn recv_sized(
     max: usize,
 ) -> PyResult<io::Result<Bound<'_, PyBytes>>> {
     let mut bytes = Filling::new(py, size)?;
-    let got = match bytes.recv_at(fd, 0)? {
-        Ok(got) => got,
-        Err(e) => return Ok(Err(e)),
-    };
-    let total = if got == size {
-        bytes.read_waiting(fd, got, max)?
-    } else {
-        got
-    };
-    bytes.finish(total).map(Ok)
+    match bytes.fill(fd, max)? {
+        Ok(total) => bytes.finish(total).map(Ok),
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 /// One non-blocking `recv` of at most `len` bytes into `buf`, retried on EINTR after the
@@ -420,6 +409,19 @@ impl<'py> Filling<'py> {
         unsafe {
             std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(self.object).cast(), self.len)
         }
+    }
+
+    /// One `recv` into the whole object and, if that fills it, of what more is waiting
+    /// (`read_waiting`): how many bytes it holds now, or the first `recv`'s error.
+    fn fill(&mut self, fd: RawFd, max: usize) -> PyResult<io::Result<usize>> {
+        let got = match self.recv_at(fd, 0)? {
+            Ok(got) => got,
+            Err(e) => return Ok(Err(e)),
+        };
+        if got == self.len {
+            return self.read_waiting(fd, got, max).map(Ok);
+        }
+        Ok(Ok(got))
     }
 
     /// After `got` bytes filled the object: grows it by what is waiting on `fd` (up to `max`
