@@ -22,6 +22,10 @@ TIMEOUT = 60.0
 # what the last read brought, and one larger than a single read takes.
 SIZES = [1024, 1024, 1500, 3000, 700, 100_000, 1024, 2048, 5000, 1024, 40, 2500, 300_000, 1100]
 
+# Small reads, which are copied into the earlier read's object when its room is between their
+# size and twice it: the same size again, a little smaller or larger, half and double.
+SMALL_SIZES = [60, 60, 60, 50, 70, 60, 30, 60, 120, 60, 61, 59, 1, 2, 3, 2, 500, 300, 400, 800]
+
 
 def tcp_connection():
     with socket.socket() as listener:
@@ -180,12 +184,13 @@ class KeepsAfterward(KeepsEveryOther):
         self.previous = (data, copy) if self.count % 3 == 2 else None
 
 
+@pytest.mark.parametrize("sizes", [SIZES, SMALL_SIZES], ids=["sizes", "small"])
 @pytest.mark.parametrize("kind", [KeepsEveryOther, KeepsViews, HashesAndDrops, KeepsAfterward])
-def test_what_a_protocol_holds_never_changes(loop, pair, kind):
+def test_what_a_protocol_holds_never_changes(loop, pair, kind, sizes):
     a, b = pair
     protocol = kind(loop)
     transport = make(loop, a, protocol)
-    sent = exchange(loop, protocol, b, SIZES * 3)
+    sent = exchange(loop, protocol, b, sizes * 3)
     finish(loop, transport, protocol)
     assert protocol.problems == []
     assert bytes(protocol.received) == sent
