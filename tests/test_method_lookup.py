@@ -3,11 +3,10 @@
 The stock transport calls `self._protocol.data_received(data)`, so whatever changes what that
 attribute lookup finds takes effect at the next read: an attribute set on the instance or put in
 its `__dict__`, a new `__dict__`, a method replaced on the class or a base, a new `__class__`.
-These tests make each change after several reads (a transport that kept what it found at first
-would call the old method) and check that the next read goes where the stock one goes. They
-guard any attempt to save the lookup: on CPython 3.11, validating a kept method needs the
-instance's `__dict__`, and taking it moves the instance's attributes out of their compact inline
-storage, which made every `self.x` in the protocol slower than the lookup saved.
+ferroloop keeps the function one lookup found and checks, at each read, the class's version and
+the instance's own attributes instead (`src/transports/method_cache.rs`). These tests make each
+change after several reads have filled that cache, with the instance's attributes stored inline
+and in a dict of their own, and check that the next read goes where the stock one goes.
 
 Each test runs on the stock loop and on ferroloop, over a Unix socket pair: one end is the
 transport's (`connect_accepted_socket`), the other a plain socket the test writes to.
@@ -101,6 +100,38 @@ def test_instance_attribute_through_the_dict(conn):
     assert c.send(b"a") == ("dict", b"a")
     vars(p).pop("data_received")
     assert c.send(b"b") == ("class", b"b")
+
+
+def test_another_instance_set_the_name_first(conn):
+    cls = recorder_class()
+    other = cls()
+    other.data_received = print  # the name now has a place among the class's attribute names
+    c = conn(cls())
+    warm(c)
+    p = c.protocol
+    p.data_received = lambda data: p.got.append(("instance", data))
+    assert c.send(b"a") == ("instance", b"a")
+    del p.data_received
+    assert c.send(b"b") == ("class", b"b")
+
+
+@pytest.mark.parametrize("key", ["str", "int"])
+def test_attributes_in_a_dict_of_their_own(conn, key):
+    """`vars()` makes CPython 3.11 move an instance's attributes into a dict; a server that
+    makes many protocols before any sets an attribute ends the same way. A dict may also hold
+    keys that are not strings."""
+    p = recorder_class()()
+    vars(p)[1 if key == "int" else "other"] = "x"
+    c = conn(p)
+    warm(c)
+    p.data_received = lambda data: p.got.append(("instance", data))
+    assert c.send(b"a") == ("instance", b"a")
+    p.counter = 0  # the dict changes, without the name
+    assert c.send(b"b") == ("instance", b"b")
+    del p.data_received
+    assert c.send(b"c") == ("class", b"c")
+    vars(p)["data_received"] = lambda data: p.got.append(("dict", data))
+    assert c.send(b"d") == ("dict", b"d")
 
 
 def test_dict_replaced(conn):

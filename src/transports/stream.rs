@@ -49,6 +49,8 @@ use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
 use crate::recv_bytes::{recv_lending, Received};
 
+use super::method_cache::{self, MethodCache};
+
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
 
@@ -102,6 +104,9 @@ struct State {
 pub struct StreamTransport {
     fd: RawFd,
     state: GilCell<State>,
+    /// The protocol's `data_received`, found without a lookup at each read when CPython can
+    /// vouch for it (`method_cache.rs`).
+    data_received: GilCell<MethodCache>,
 }
 
 /// What a read produced, decided before any Python code runs: the bytes (plain protocol) or
@@ -567,7 +572,15 @@ impl StreamTransport {
             st.protocol.replace(protocol.clone().unbind())
         };
         drop(old);
+        self.forget_protocol_methods(py);
         Ok(())
+    }
+
+    /// Empties the method cache; what it held is dropped after the cell is let go, since
+    /// dropping may run Python code.
+    fn forget_protocol_methods(&self, py: Python<'_>) {
+        let old = std::mem::take(&mut *self.data_received.borrow_mut(py));
+        drop(old);
     }
 
     fn repr_text(&self, py: Python<'_>) -> String {
@@ -657,6 +670,7 @@ impl StreamTransport {
                     empty_waiter: None,
                     read_guess: 0,
                 }),
+                data_received: GilCell::new(MethodCache::default()),
             },
         )?;
         let this = transport.get();
@@ -726,8 +740,12 @@ impl StreamTransport {
                 slf,
                 outcome,
                 |data| {
-                    let result =
-                        protocol.call_method1(intern!(py, "data_received"), (data.bytes(),));
+                    let result = method_cache::call_method1(
+                        &this.data_received,
+                        &protocol,
+                        intern!(py, "data_received"),
+                        data.bytes(),
+                    );
                     data.give_back(event_loop.get().read_spare());
                     result
                 },
@@ -927,6 +945,7 @@ impl StreamTransport {
             sock.call_method0(py, intern!(py, "close"))?;
         }
         drop(garbage);
+        this.forget_protocol_methods(py);
         if let Some(server) = server {
             server.call_method1(py, intern!(py, "_detach"), (slf,))?;
         }
@@ -1099,6 +1118,9 @@ impl StreamTransport {
         visit.call(&st.extra)?;
         visit.call(&st.server)?;
         visit.call(&st.empty_waiter)?;
+        if let Some(cache) = self.data_received.try_borrow_in_gc() {
+            cache.visit(&visit)?;
+        }
         Ok(())
     }
 
@@ -1115,6 +1137,7 @@ impl StreamTransport {
                 )
             };
             drop(garbage);
+            self.forget_protocol_methods(py);
         });
     }
 }
