@@ -24,6 +24,12 @@ pub struct GilCell<T>(RefCell<T>);
 // two threads touch it at once; see the module doc for the rules on borrows.
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
+impl<T: Default> Default for GilCell<T> {
+    fn default() -> Self {
+        GilCell::new(T::default())
+    }
+}
+
 impl<T> GilCell<T> {
     pub fn new(value: T) -> Self {
         GilCell(RefCell::new(value))

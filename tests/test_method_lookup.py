@@ -1,4 +1,5 @@
-"""Parity tests: a transport finds `protocol.data_received` anew at every read.
+"""Parity tests: a transport finds `protocol.data_received` (a buffered protocol's `get_buffer`
+and `buffer_updated`) anew at every read.
 
 The stock transport calls `self._protocol.data_received(data)`, so whatever changes what that
 attribute lookup finds takes effect at the next read: an attribute set on the instance or put in
@@ -308,3 +309,41 @@ def test_wrong_signature_reports_the_stock_message(conn):
         f"{Wrong.data_received.__qualname__}() takes 1 positional argument but 2 were given"
     )
     assert errors[1] == ("lost", TypeError)
+
+
+def buffered_class():
+    """A new BufferedProtocol class per test; `got` records (which method, what) per read."""
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.got = []
+            self.buffer = bytearray(64)
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.got.append(("class", bytes(self.buffer[:nbytes])))
+
+    return Buffered
+
+
+def test_buffered_methods_replaced_after_reads(conn):
+    cls = buffered_class()
+    c = conn(cls())
+    warm(c)
+    p = c.protocol
+    p.buffer_updated = lambda n: p.got.append(("instance", bytes(p.buffer[:n])))
+    assert c.send(b"a") == ("instance", b"a")
+    del p.buffer_updated
+    assert c.send(b"b") == ("class", b"b")
+    other = bytearray(64)
+    cls.get_buffer = lambda self, sizehint: other
+    cls.buffer_updated = lambda self, n: self.got.append(("other buffer", bytes(other[:n])))
+    assert c.send(b"c") == ("other buffer", b"c")
+    p.get_buffer = lambda sizehint: memoryview(p.buffer)[:1]
+    cls.buffer_updated = lambda self, n: self.got.append(("class", bytes(self.buffer[:n])))
+    before = len(p.got)
+    c.peer.send(b"de")  # a 1-byte buffer: two reads
+    c.loop.run_until_complete(asyncio.wait_for(until(lambda: len(p.got) >= before + 2), TIMEOUT))
+    assert p.got[before:] == [("class", b"d"), ("class", b"e")]

@@ -1,5 +1,6 @@
-//! `protocol.data_received` found without a lookup at each read, when CPython 3.11's own
-//! bookkeeping shows that the lookup would find the same function.
+//! `protocol.data_received` (and a buffered protocol's `get_buffer` and `buffer_updated`) found
+//! without a lookup at each read, when CPython 3.11's own bookkeeping shows that the lookup
+//! would find the same function.
 //!
 //! The stock transport calls `self._protocol.data_received(data)`: an attribute lookup at each
 //! read, so a method replaced later on the protocol or its class takes effect at the next read
@@ -122,7 +123,7 @@ pub struct MethodCache {
 }
 
 impl MethodCache {
-    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+    fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         if let Some(entry) = &self.entry {
             visit.call(&entry.ty)?;
             visit.call(&entry.function)?;
@@ -148,6 +149,38 @@ impl MethodCache {
             Verdict::Shadowed | Verdict::Unknown => Ok(None),
             Verdict::Stale => Err(()),
         }
+    }
+}
+
+/// The methods a transport calls on its protocol at each read, each with its own cache.
+#[derive(Default)]
+pub struct ReadMethods {
+    pub data_received: GilCell<MethodCache>,
+    pub get_buffer: GilCell<MethodCache>,
+    pub buffer_updated: GilCell<MethodCache>,
+}
+
+impl ReadMethods {
+    fn cells(&self) -> [&GilCell<MethodCache>; 3] {
+        [&self.data_received, &self.get_buffer, &self.buffer_updated]
+    }
+
+    /// Empties every cache (a new protocol, or none); what they held is dropped after each
+    /// cell is let go, since dropping may run Python code.
+    pub fn forget(&self, py: Python<'_>) {
+        for cell in self.cells() {
+            let old = std::mem::take(&mut *cell.borrow_mut(py));
+            drop(old);
+        }
+    }
+
+    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for cell in self.cells() {
+            if let Some(cache) = cell.try_borrow_in_gc() {
+                cache.visit(visit)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Transports: the objects between a socket and an asyncio protocol. `stream.rs` holds the TCP
 //! and Unix stream transport, `fast_write.rs` its `write` entry point, `method_cache.rs` how it
-//! finds its protocol's `data_received` without a lookup at each read.
+//! finds its protocol's `data_received` (or `get_buffer` and `buffer_updated`) without a lookup
+//! at each read.
 
 mod fast_write;
 mod method_cache;

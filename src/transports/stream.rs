@@ -49,7 +49,7 @@ use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore};
 use crate::gil_cell::GilCell;
 use crate::recv_bytes::{recv_lending, Received};
 
-use super::method_cache::{self, MethodCache};
+use super::method_cache::{self, ReadMethods};
 
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -79,8 +79,9 @@ struct State {
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
     /// The protocol is a `BufferedProtocol` (decided by `set_protocol`): reads go through
-    /// `get_buffer`/`buffer_updated`. The methods are looked up at each read, as the stock
-    /// transport does, so replacing one on the protocol takes effect.
+    /// `get_buffer`/`buffer_updated`. As with the stock transport, replacing one on the
+    /// protocol takes effect at the next read (`method_cache.rs` keeps them only while CPython
+    /// shows them unchanged).
     buffered: bool,
     protocol_connected: bool,
     extra: Py<PyDict>,
@@ -104,9 +105,9 @@ struct State {
 pub struct StreamTransport {
     fd: RawFd,
     state: GilCell<State>,
-    /// The protocol's `data_received`, found without a lookup at each read when CPython can
-    /// vouch for it (`method_cache.rs`).
-    data_received: GilCell<MethodCache>,
+    /// The protocol's methods called at each read, found without a lookup each time when
+    /// CPython can vouch for them (`method_cache.rs`).
+    methods: ReadMethods,
 }
 
 /// What a read produced, decided before any Python code runs: the bytes (plain protocol) or
@@ -576,11 +577,8 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Empties the method cache; what it held is dropped after the cell is let go, since
-    /// dropping may run Python code.
     fn forget_protocol_methods(&self, py: Python<'_>) {
-        let old = std::mem::take(&mut *self.data_received.borrow_mut(py));
-        drop(old);
+        self.methods.forget(py);
     }
 
     fn repr_text(&self, py: Python<'_>) -> String {
@@ -670,7 +668,7 @@ impl StreamTransport {
                     empty_waiter: None,
                     read_guess: 0,
                 }),
-                data_received: GilCell::new(MethodCache::default()),
+                methods: ReadMethods::default(),
             },
         )?;
         let this = transport.get();
@@ -741,7 +739,7 @@ impl StreamTransport {
                 outcome,
                 |data| {
                     let result = method_cache::call_method1(
-                        &this.data_received,
+                        &this.methods.data_received,
                         &protocol,
                         intern!(py, "data_received"),
                         data.bytes(),
@@ -752,17 +750,22 @@ impl StreamTransport {
                 "Fatal error: protocol.data_received() call failed.",
             );
         }
-        let buf = match protocol
-            .call_method1(intern!(py, "get_buffer"), (-1,))
-            .and_then(|b| {
-                if b.len()? == 0 {
-                    Err(PyRuntimeError::new_err(
-                        "get_buffer() returned an empty buffer",
-                    ))
-                } else {
-                    Ok(b)
-                }
-            }) {
+        let Ok(any_size) = (-1i32).into_pyobject(py);
+        let buf = match method_cache::call_method1(
+            &this.methods.get_buffer,
+            &protocol,
+            intern!(py, "get_buffer"),
+            &any_size,
+        )
+        .and_then(|b| {
+            if b.len()? == 0 {
+                Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ))
+            } else {
+                Ok(b)
+            }
+        }) {
             Ok(b) => b,
             Err(err) if is_exit(py, &err) => return Err(err),
             Err(err) => {
@@ -777,7 +780,15 @@ impl StreamTransport {
         Self::after_read(
             slf,
             outcome,
-            |n| protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
+            |n| {
+                let Ok(n) = n.into_pyobject(py);
+                method_cache::call_method1(
+                    &this.methods.buffer_updated,
+                    &protocol,
+                    intern!(py, "buffer_updated"),
+                    &n,
+                )
+            },
             "Fatal error: protocol.buffer_updated() call failed.",
         )
     }
@@ -1118,9 +1129,7 @@ impl StreamTransport {
         visit.call(&st.extra)?;
         visit.call(&st.server)?;
         visit.call(&st.empty_waiter)?;
-        if let Some(cache) = self.data_received.try_borrow_in_gc() {
-            cache.visit(&visit)?;
-        }
+        self.methods.visit(&visit)?;
         Ok(())
     }
 
