@@ -188,6 +188,7 @@ impl ReadMethods {
 /// lookup. Checking runs no Python code (only `str` keys are compared), so the cell stays
 /// borrowed for it; a new lookup, which may (a class dict can hold keys of any type), runs
 /// with the cell let go.
+#[inline(always)]
 pub fn call_method1<'py>(
     cell: &GilCell<MethodCache>,
     obj: &Bound<'py, PyAny>,
