@@ -188,6 +188,9 @@ impl ReadMethods {
 /// lookup. Checking runs no Python code (only `str` keys are compared), so the cell stays
 /// borrowed for it; a new lookup, which may (a class dict can hold keys of any type), runs
 /// with the cell let go.
+///
+/// Inlined into each of its three callers: as a function of its own, its prologue and the
+/// moves of its arguments cost some 20 instructions per read (callgrind, Protocol echo).
 #[inline(always)]
 pub fn call_method1<'py>(
     cell: &GilCell<MethodCache>,
