@@ -104,7 +104,6 @@ struct Entry {
 }
 
 /// What a check of an entry against the protocol found.
-#[derive(PartialEq)]
 enum Verdict {
     /// The lookup would find the entry's function.
     Holds,
@@ -260,11 +259,7 @@ impl Entry {
         let function = unsafe { Bound::from_borrowed_ptr(py, found) }.unbind();
         // The lookup may have run code (a class dict's odd key): the tag must be the one read.
         // SAFETY: as above.
-        let unchanged = unsafe {
-            (*tp).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0
-                && (*tp).tp_version_tag == version
-        };
-        unchanged.then(|| Entry {
+        unsafe { has_tag(tp, version) }.then(|| Entry {
             ty: ty.unbind(),
             version,
             function,
@@ -278,12 +273,8 @@ impl Entry {
     fn check(&mut self, obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> Verdict {
         let tp = self.ty.as_ptr().cast::<ffi::PyTypeObject>();
         let object = obj.as_ptr();
-        // SAFETY: `object` is live and `tp` kept alive by the entry; plain fields are read.
-        let same_class = unsafe {
-            ffi::Py_TYPE(object) == tp
-                && (*tp).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0
-                && (*tp).tp_version_tag == self.version
-        };
+        // SAFETY: `object` is live and `tp` kept alive by the entry.
+        let same_class = unsafe { ffi::Py_TYPE(object) == tp && has_tag(tp, self.version) };
         if !same_class {
             return Verdict::Stale;
         }
@@ -426,6 +417,18 @@ unsafe fn find_key(keys: *const DictKeys, name: &Bound<'_, PyString>) -> Option<
                     && (*key.cast::<ffi::PyASCIIObject>()).hash == hash
                     && ffi::PyUnicode_Compare(key, name) == 0)
         })
+    }
+}
+
+/// Whether the type still has the version tag `version` (a valid one: an invalidated tag is
+/// never equal to a kept one, since CPython hands out each tag once).
+///
+/// # Safety
+/// `tp` points to a live type object.
+unsafe fn has_tag(tp: *mut ffi::PyTypeObject, version: c_uint) -> bool {
+    // SAFETY: per the contract; plain fields are read.
+    unsafe {
+        (*tp).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0 && (*tp).tp_version_tag == version
     }
 }
 

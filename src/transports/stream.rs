@@ -573,12 +573,8 @@ impl StreamTransport {
             st.protocol.replace(protocol.clone().unbind())
         };
         drop(old);
-        self.forget_protocol_methods(py);
-        Ok(())
-    }
-
-    fn forget_protocol_methods(&self, py: Python<'_>) {
         self.methods.forget(py);
+        Ok(())
     }
 
     fn repr_text(&self, py: Python<'_>) -> String {
@@ -956,7 +952,7 @@ impl StreamTransport {
             sock.call_method0(py, intern!(py, "close"))?;
         }
         drop(garbage);
-        this.forget_protocol_methods(py);
+        this.methods.forget(py);
         if let Some(server) = server {
             server.call_method1(py, intern!(py, "_detach"), (slf,))?;
         }
@@ -1146,7 +1142,7 @@ impl StreamTransport {
                 )
             };
             drop(garbage);
-            self.forget_protocol_methods(py);
+            self.methods.forget(py);
         });
     }
 }
