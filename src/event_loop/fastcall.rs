@@ -9,13 +9,26 @@
 //! may be given by keyword, and errors use Python's own wording.
 //!
 //! The methods are installed on `LoopCore` by `install`, as method descriptors, at module import.
+//!
+//! `call_soon`, `call_later` and `call_at` (and `StreamTransport.write`) also skip PyO3's
+//! trampoline, through `light_trampoline`. Besides catching panics, PyO3's counts the thread as
+//! attached for PyO3 and drops references other threads deferred: two thread-local updates
+//! (through `__tls_get_addr`, from a shared library) and an atomic load per call. These methods
+//! run in loop callbacks, inside the loop's `run`, whose own trampoline already counts the thread
+//! as attached. Called from anywhere else, a `Py` dropped during the call is released at PyO3's
+//! next entry or when the loop next wakes from its poll, instead of at once, which PyO3 allows
+//! for any thread it does not count. `call_soon_threadsafe`, made to be called from other
+//! threads, keeps PyO3's trampoline.
 
+use std::any::Any;
 use std::ffi::{c_char, CStr};
+use std::panic::{self, AssertUnwindSafe};
 
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::intern;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
@@ -284,10 +297,64 @@ entry_point!(call_at, &["when", "callback"], |lp, p, cargs| lp.get().at(
     context(&p)
 ));
 
+/// Runs a raw method's `body` with panics caught and turned into `PanicException`, its error
+/// restored as the pending exception: PyO3's trampoline without the attach count (module doc).
+///
+/// # Safety
+/// Called from a C method CPython called, so with the GIL held.
+#[inline(always)]
+pub unsafe fn light_trampoline(
+    body: impl FnOnce(Python<'_>) -> PyResult<*mut ffi::PyObject>,
+) -> *mut ffi::PyObject {
+    // SAFETY: per the contract, the thread holds the GIL.
+    let py = unsafe { Python::assume_attached() };
+    let err = match panic::catch_unwind(AssertUnwindSafe(|| body(py))) {
+        Ok(Ok(result)) => return result,
+        Ok(Err(err)) => err,
+        Err(payload) => panic_error(payload),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
+/// A caught panic as the `PanicException` PyO3 raises for one, with the panic's message.
+#[cold]
+fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {
+    let message = match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(text) => (*text).to_owned(),
+            Err(_) => "panic from Rust code".to_owned(),
+        },
+    };
+    PanicException::new_err(message)
+}
+
+/// Declares `$light`, the C entry that runs `$inner` through `light_trampoline`.
+macro_rules! light_entry {
+    ($light:ident => $inner:ident) => {
+        /// # Safety
+        /// As the entry point it wraps, called by CPython with the GIL held.
+        unsafe extern "C" fn $light(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython's call, passed on unchanged, meets both contracts.
+            unsafe { light_trampoline(|py| $inner(py, slf, args, nargs, kwnames)) }
+        }
+    };
+}
+
+light_entry!(call_soon_entry => call_soon);
+light_entry!(call_later_entry => call_later);
+light_entry!(call_at_entry => call_at);
+
 const METHODS: [(&CStr, ffi::PyCFunctionFastWithKeywords, &CStr); 4] = [
     (
         c"call_soon",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon),
+        call_soon_entry,
         c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon; returns a Handle.",
     ),
     (
@@ -297,12 +364,12 @@ const METHODS: [(&CStr, ffi::PyCFunctionFastWithKeywords, &CStr); 4] = [
     ),
     (
         c"call_later",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_later),
+        call_later_entry,
         c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds; returns a TimerHandle.",
     ),
     (
         c"call_at",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_at),
+        call_at_entry,
         c"call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time when; returns a TimerHandle.",
     ),
 ];
@@ -316,8 +383,7 @@ pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
 }
 
 /// Sets `ty.<name>` to a method descriptor for the raw `METH_FASTCALL | METH_KEYWORDS` function
-/// `meth` (one of PyO3's trampolines around a Rust entry point), replacing any method of that
-/// name.
+/// `meth` (a trampoline around a Rust entry point), replacing any method of that name.
 pub fn add_fastcall_method(
     ty: &Bound<'_, PyType>,
     name: &'static CStr,

@@ -29,7 +29,7 @@ use pyo3::PyTraverseError;
 
 pub(crate) use args::CallArgs;
 use context::{ContextSlot, Snapshots};
-pub use fastcall::{add_fastcall_method, install as install_fast_methods};
+pub use fastcall::{add_fastcall_method, install as install_fast_methods, light_trampoline};
 pub use freelist::install as install_free_lists;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};

@@ -8,31 +8,23 @@
 //! `#[pymethods]` descriptor it replaces, so binding and error messages stay PyO3's, which are
 //! Python's wording. Installed on the class by `install` when the module is imported.
 //!
-//! The one-argument call also skips PyO3's trampoline, which every other `#[pymethods]` call goes
-//! through. Besides catching panics, that trampoline counts the thread as attached for PyO3 and
-//! drops references other threads deferred: two thread-local updates (through `__tls_get_addr`,
-//! from a shared library) and an atomic load per call. `write_entry` keeps the panic catch only
-//! (callgrind per request: HTTP keep-alive server 4,944 -> 4,866 instructions, Protocol echo 1 KiB
-//! 1,578 -> 1,495). A `write` runs in a loop callback, inside the loop's `run`, whose own
-//! trampoline already counts the thread as attached; called from anywhere else, a `Py` dropped
-//! during it is released at PyO3's next entry instead of at once, which PyO3 allows for any thread
-//! it does not count.
+//! The one-argument call also skips PyO3's trampoline, as `call_soon` does (`light_trampoline`
+//! in `event_loop/fastcall.rs` says what that leaves out and why it is sound here): callgrind per
+//! request, HTTP keep-alive server 4,944 -> 4,866 instructions, Protocol echo 1 KiB 1,578 ->
+//! 1,495.
 
-use std::any::Any;
 use std::ffi::CStr;
-use std::panic::{self, AssertUnwindSafe};
 
 use pyo3::exceptions::PySystemError;
 use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use pyo3::PyTypeInfo;
 
 use super::stream::StreamTransport;
-use crate::event_loop::add_fastcall_method;
+use crate::event_loop::{add_fastcall_method, light_trampoline};
 
 /// The `#[pymethods]` `write` descriptor, kept for the calls the fast path does not take.
 static GENERIC_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -56,9 +48,7 @@ unsafe extern "C" fn write_entry(
         // SAFETY: the same call, under the same contract.
         return unsafe { generic(slf, args, nargs, kwnames) };
     }
-    // SAFETY: CPython calls a method with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+    let body = |py: Python<'_>| {
         // SAFETY: per the contract, `slf` is a live StreamTransport and `args[0]` a live
         // borrowed reference.
         let (transport, data) = unsafe {
@@ -67,28 +57,11 @@ unsafe extern "C" fn write_entry(
                 Borrowed::from_ptr(py, *args),
             )
         };
-        StreamTransport::write(&transport, &data)
-    }));
-    let err = match outcome {
-        Ok(Ok(())) => return py.None().into_ptr(),
-        Ok(Err(err)) => err,
-        Err(payload) => panic_error(payload),
+        StreamTransport::write(&transport, &data)?;
+        Ok(py.None().into_ptr())
     };
-    err.restore(py);
-    std::ptr::null_mut()
-}
-
-/// A caught panic as the `PanicException` PyO3 raises for one, with the panic's message.
-#[cold]
-fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {
-    let message = match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(text) => (*text).to_owned(),
-            Err(_) => "panic from Rust code".to_owned(),
-        },
-    };
-    PanicException::new_err(message)
+    // SAFETY: CPython calls a method with the GIL held.
+    unsafe { light_trampoline(body) }
 }
 
 /// Every call of `write` but the one-argument one, passed on to the `#[pymethods]` descriptor.
