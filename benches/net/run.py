@@ -12,6 +12,11 @@ bytecode is compiled first, as an installed package's is). On a 2-core
 machine the request rate is bound by the kernel and the client, so CPU per request is the steadier
 figure. Rounds are interleaved (round, case, loop, with the loop order rotated every round) and
 each figure is the median over rounds.
+
+`--pin CPU` runs the server and the client on that one CPU. With one connection, each request
+then costs a context switch instead of waking an idle CPU: on this 2-core virtual machine that
+wake-up is most of a round trip, so the unpinned one-connection rows rank loops by how often
+they are still running when the next request arrives, rather than by how fast they serve it.
 """
 
 import argparse
@@ -60,23 +65,35 @@ def peak_rss_kib(pid):
     return 0
 
 
-def start_client(server, loop, case, seconds):
+def pinned(cpu):
+    """A `preexec_fn` that keeps the child on `cpu`, or None for no pinning."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def start_client(server, loop, case, seconds, cpu=None):
     """Waits for `server` to print READY, then starts the load generator of `case` on it."""
     ready = server.stdout.readline().split()
     if not ready or ready[0] != "READY":
         raise RuntimeError(f"{loop} server did not start for {case}")
     addr = f"127.0.0.1:{ready[1]}"
     args = [a.format(addr=addr, seconds=seconds) for a in cases()[case][1]]
-    return subprocess.Popen([str(LOADGEN), *args], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(LOADGEN), *args], stdout=subprocess.PIPE, text=True, preexec_fn=pinned(cpu)
+    )
 
 
-def sample(loop, case, seconds):
+def sample(loop, case, seconds, cpu=None):
     mode, template = cases()[case]
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "server.py"), loop, mode], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "server.py"), loop, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=pinned(cpu),
     )
     try:
-        client = start_client(server, loop, case, seconds)
+        client = start_client(server, loop, case, seconds, cpu)
         if template[0] != "push":
             time.sleep(1.0)  # the client's warm-up second
         before = cpu_ticks(server.pid)
@@ -163,6 +180,7 @@ def main():
     parser.add_argument("--loops", default=",".join(LOOPS))
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", help="write every sample to this file")
+    parser.add_argument("--pin", type=int, metavar="CPU", help="run server and client on this CPU")
     args = parser.parse_args()
     build_loadgen()
     loops = available(args.loops.split(","))
@@ -174,7 +192,7 @@ def main():
         for case in chosen:
             for loop in order:
                 try:
-                    s = sample(loop, case, args.seconds)
+                    s = sample(loop, case, args.seconds, args.pin)
                 except Exception as exc:  # one failed sample is reported, the run goes on
                     print(f"round {rnd + 1} {case} {loop}: FAILED {exc}", file=sys.stderr)
                     continue
