@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import available, build_loadgen, cases, compile_bytecode, start_client
+from run import available, build_loadgen, cases, compile_bytecode, start_client, stop_server
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CASES = ("echo-protocol-1k-c32", "echo-protocol-10k-c32", "echo-protocol-100k-c32", "http-c64")
@@ -60,12 +60,7 @@ def sample(loop, case, seconds):
             # The explicit dump is the first numbered file; the plain one is written at exit.
             return dumped_instructions(Path(f"{out}.1")) / requests
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # a threaded server can outlast SIGTERM under valgrind
-                server.kill()
-                server.wait()
+            stop_server(server, timeout=60)  # a threaded server can outlast SIGTERM under valgrind
 
 
 def main():

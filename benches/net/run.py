@@ -84,14 +84,29 @@ def start_client(server, loop, case, seconds, cpu=None):
     )
 
 
-def sample(loop, case, seconds, cpu=None):
-    mode, template = cases()[case]
-    server = subprocess.Popen(
+def start_server(loop, mode, cpu=None):
+    """A fresh `server.py LOOP MODE` process, its READY line still to be read."""
+    return subprocess.Popen(
         [sys.executable, str(HERE / "server.py"), loop, mode],
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=pinned(cpu),
     )
+
+
+def stop_server(server, timeout=10):
+    """SIGTERM, then SIGKILL if the server is still there after `timeout` seconds."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def sample(loop, case, seconds, cpu=None):
+    mode, template = cases()[case]
+    server = start_server(loop, mode, cpu)
     try:
         client = start_client(server, loop, case, seconds, cpu)
         if template[0] != "push":
@@ -114,12 +129,7 @@ def sample(loop, case, seconds, cpu=None):
             "rss_mib": peak_rss_kib(server.pid) / 1024,
         }
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 def compile_bytecode(loops):

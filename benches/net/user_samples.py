@@ -23,18 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import available, build_loadgen, cases, compile_bytecode, start_client
+from run import (
+    available,
+    build_loadgen,
+    cases,
+    compile_bytecode,
+    start_client,
+    start_server,
+    stop_server,
+)
 
-HERE = Path(__file__).resolve().parent
 FREQUENCY = 2000
 
 
 def sample(loop, case, seconds):
     """User µs per request of one server over the client's measured window."""
-    mode = cases()[case][0]
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "server.py"), loop, mode], stdout=subprocess.PIPE, text=True
-    )
+    server = start_server(loop, cases()[case][0])
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "perf.data"
         try:
@@ -49,8 +53,7 @@ def sample(loop, case, seconds):
             perf.send_signal(2)
             perf.wait(timeout=60)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_server(server)
         script = subprocess.run(
             ["perf", "script", "-i", str(data), "-F", "ip"],
             capture_output=True, text=True, check=True,
