@@ -76,6 +76,47 @@ class TestCallSoonThreadsafe:
         for k in range(n_threads):
             assert [i for kk, i in got if kk == k] == list(range(per_thread))
 
+    def test_no_wake_is_lost_while_threads_keep_waking_the_loop(self, loop):
+        # Two threads call call_soon_threadsafe without pause while the loop, between their
+        # callbacks, waits with no timer due, so wakes keep landing while the loop clears the
+        # previous one. A lost wake leaves the loop asleep until the guard timer, which must
+        # never fire.
+        rounds, guard_fired, ticks = 20000, [], [0]
+        waiting = {}
+        stop = threading.Event()
+
+        def tick():
+            ticks[0] += 1
+            fut = waiting.get("fut")
+            if fut is not None and not fut.done() and ticks[0] >= waiting["target"]:
+                fut.set_result(None)
+
+        def spin():
+            while not stop.is_set():
+                loop.call_soon_threadsafe(tick)
+                time.sleep(0)  # lets the loop take the GIL, as the stock loop's self-pipe write does
+
+        async def main():
+            guard = loop.call_later(20, guard_fired.append, True)
+            for _ in range(rounds):
+                waiting["fut"] = loop.create_future()
+                waiting["target"] = ticks[0] + 2
+                await waiting["fut"]
+                if guard_fired:
+                    break
+            guard.cancel()
+
+        spinners = [threading.Thread(target=spin) for _ in range(2)]
+        for t in spinners:
+            t.start()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            stop.set()
+            for t in spinners:
+                t.join()
+        assert guard_fired == []
+
     def test_threadsafe_callback_with_context(self, loop):
         ctx = contextvars.Context()
         ctx.run(var.set, "threadsafe-ctx")

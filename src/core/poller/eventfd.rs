@@ -2,9 +2,15 @@
 //!
 //! `wake` writes only when no wake is pending (an atomic flag), so a burst of
 //! `call_soon_threadsafe` calls costs one system call; `reset`, called by the loop after its wait
-//! saw the eventfd readable, clears the flag first and then drains the counter. A wake that lands
-//! between the two is drained without a new wait, which is harmless: the loop is about to run
-//! the ready queue that the waking thread filled before waking.
+//! saw the eventfd readable, drains the counter first and only then clears the flag.
+//!
+//! The order is what keeps wakes from being lost. Cleared first, a wake landing between the two
+//! steps would set the flag and write, and the drain would then swallow its write: the flag would
+//! stay set with nothing left to read, so every later `wake` would skip its write and the loop
+//! could sleep forever (it did, in `shutdown_default_executor` after a burst of `to_thread`
+//! calls). Drained first, a wake landing between the two steps sees the flag still set and skips
+//! its write, which is harmless: the loop is about to run the ready queue that the waking thread
+//! filled before waking. Any wake after the flag is cleared writes, and ends the next wait.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,12 +52,13 @@ impl Waker {
         }
     }
 
-    /// Clears a pending wake.
+    /// Clears a pending wake: the counter, then the flag (see the module doc for why in that
+    /// order).
     pub fn reset(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut buf: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our own eventfd. Nothing to read (EAGAIN)
         // is the only expected error and means there is nothing to clear.
         let _ = syscall!(read(self.fd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8));
+        self.pending.store(false, Ordering::Release);
     }
 }

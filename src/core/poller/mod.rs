@@ -284,6 +284,47 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(20));
     }
 
+    /// Wakes from other threads racing with the loop's reset of the waker: no wake may be lost.
+    /// The wakers never stop waking, so every wait must end well before its time-out; a lost wake
+    /// (a pending flag left set with the counter drained) would suppress all later ones.
+    #[test]
+    fn wakes_racing_with_reset_are_never_lost() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let poller = Poller::new().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let wakers: Vec<_> = (0..2)
+            .map(|_| {
+                let waker = poller.waker();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        waker.wake().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut events = vec![];
+        let mut lost = false;
+        for _ in 0..100_000 {
+            let start = Instant::now();
+            poller
+                .wait(&mut events, Some(Duration::from_secs(2)))
+                .unwrap();
+            if start.elapsed() >= Duration::from_secs(2) {
+                lost = true;
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for thread in wakers {
+            thread.join().unwrap();
+        }
+        assert!(
+            !lost,
+            "a wait outlived its time-out while other threads kept waking it"
+        );
+    }
+
     #[test]
     fn wakes_coalesce() {
         let poller = Poller::new().unwrap();
