@@ -4,6 +4,7 @@ cannot drift apart. A test that only makes sense on ferroloop uses `ferro_loop`.
 import asyncio
 import faulthandler
 import gc
+import os
 import socket
 
 import pytest
@@ -12,10 +13,27 @@ import pytest
 # seconds, every thread's traceback is printed and the process exits.
 TEST_TIME_LIMIT = 120
 
+# Where those tracebacks go: the terminal's stderr, set in pytest_configure. Not fd 2 as it is
+# during a test, which pytest points at its capture file; the guard exits the process before
+# pytest would show that file, so a hang would end the run with no word of where it hung.
+_hang_report = None
+
+
+def pytest_configure(config):
+    global _hang_report
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture()
+    try:
+        _hang_report = os.fdopen(os.dup(2), "w")
+    finally:
+        if capture is not None:
+            capture.resume_global_capture()
+
 
 @pytest.fixture(autouse=True)
 def _hang_guard():
-    faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True)
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True, file=_hang_report)
     yield
     faulthandler.cancel_dump_traceback_later()
 
