@@ -31,6 +31,12 @@ def pytest_configure(config):
             capture.resume_global_capture()
 
 
+def pytest_unconfigure(config):
+    faulthandler.cancel_dump_traceback_later()
+    if _hang_report is not None:
+        _hang_report.close()
+
+
 @pytest.fixture(autouse=True)
 def _hang_guard():
     faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True, file=_hang_report)
