@@ -142,3 +142,59 @@ def test_only_the_main_thread(loop):
     t.start()
     t.join()
     assert len(errors) == 1 and "main thread" in errors[0]
+
+
+def test_handler_runs_while_callbacks_keep_the_loop_busy(loop):
+    # No fd is registered and the ready queue is never empty: the loop must still read the
+    # signal, as the stock loop's select(0) on its self-pipe does every iteration.
+    ran = []
+    loop.add_signal_handler(signal.SIGUSR1, ran.append, True)
+
+    async def busy():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(100_000):
+            if ran:
+                return True
+            await asyncio.sleep(0)
+        return False
+
+    try:
+        assert loop.run_until_complete(busy()) is True
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def test_close_leaves_no_wakeup_fd_behind(loop_factory):
+    # Handlers added before a run and all removed during it: after close() the signal module
+    # must not be left writing to the loop's closed socket (or whatever file reuses its number).
+    lp = loop_factory()
+    lp.add_signal_handler(signal.SIGUSR1, lambda: None)
+
+    async def main():
+        lp.remove_signal_handler(signal.SIGUSR1)
+
+    lp.run_until_complete(main())
+    lp.close()
+    assert signal.set_wakeup_fd(-1) == -1
+
+
+def test_close_from_another_thread_closes_then_raises(loop_factory):
+    lp = loop_factory()
+    lp.add_signal_handler(signal.SIGUSR1, lambda: None)
+    errors = []
+
+    def worker():
+        try:
+            lp.close()
+        except ValueError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    try:
+        assert len(errors) == 1 and "main thread" in str(errors[0])
+        assert lp.is_closed()
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)

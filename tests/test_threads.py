@@ -333,3 +333,62 @@ class TestAsyncGenerators:
         with pytest.raises(ValueError):
             loop.run_until_complete(main())
         assert sys.get_asyncgen_hooks() == saved
+
+
+FIRST_SNAPSHOT_RACE = """
+import sys, threading, time
+import ferroloop
+
+loop = ferroloop.new_event_loop()
+errors, stop = [], False
+started = threading.Event()
+
+
+def touch_the_loop():
+    started.set()
+    while not stop:
+        try:
+            loop.is_closed()
+        except BaseException as exc:
+            errors.append(repr(exc))
+            return
+
+
+t = threading.Thread(target=touch_the_loop)
+t.start()
+started.wait()
+end = time.perf_counter() + 0.004 + 0.001 * (int(sys.argv[1]) % 7)
+while time.perf_counter() < end:  # both threads contend, so a GIL switch is pending
+    pass
+try:
+    loop.call_soon(lambda: None)  # the process's first handle without context=
+except BaseException as exc:
+    errors.append(repr(exc))
+stop = True
+t.join()
+loop.close()
+print(errors)
+"""
+
+
+def test_first_handle_of_a_process_keeps_the_loop_usable_from_other_threads():
+    # The first handle made without context= settles a one-time probe that releases the GIL;
+    # it must not do so while the loop's state is borrowed, or a thread that takes the GIL
+    # then finds the loop unusable (a PanicException). Each run is a fresh process.
+    import subprocess
+
+    for attempt in range(8):
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_SNAPSHOT_RACE, str(attempt)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_run_of_a_loop_closed_meanwhile_raises(ferro_loop):
+    # run_forever checks for a closed loop before its native run; another thread may close the
+    # loop in between, and the native run must then raise as the stock loop does, not spin.
+    ferro_loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        ferro_loop._run()

@@ -130,6 +130,10 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
     def _restore_signal_wakeup(self, old_fd):
         if old_fd is None or self._has_signal_handlers():
             return
+        if old_fd == self._signal_wakeup_fd():
+            # Installed by add_signal_handler before this run; its handlers are gone now, and
+            # the socket must not stay installed to be written to after close() closes it.
+            old_fd = -1
         try:
             signal.set_wakeup_fd(old_fd)
         except ValueError:
@@ -168,13 +172,15 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
             return
         if self.get_debug():
             logger.debug("Close %r", self)
-        self._remove_all_signal_handlers()
         self._close()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        # Last, as in the stock loop: outside the main thread this raises ValueError, and the
+        # loop is closed by then all the same.
+        self._remove_all_signal_handlers()
 
     # -- debug -----------------------------------------------------------------------------
 

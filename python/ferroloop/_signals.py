@@ -46,12 +46,14 @@ class SignalMixin:
             raise RuntimeError(str(exc))
         table = self._signal_handlers
         table[sig] = (callback, args, contextvars.copy_context())
+        self._watch_signals(True)
         try:
             signal.signal(sig, _sighandler_noop)
             signal.siginterrupt(sig, False)
         except OSError as exc:
             del table[sig]
             if not table:
+                self._watch_signals(False)
                 self._clear_wakeup_fd()
             if exc.errno == errno.EINVAL:
                 raise RuntimeError(f"sig {sig} cannot be caught")
@@ -63,6 +65,8 @@ class SignalMixin:
         table = self._signal_handlers
         if table.pop(sig, None) is None:
             return False
+        if not table:
+            self._watch_signals(False)
         handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
         try:
             signal.signal(sig, handler)
@@ -106,6 +110,7 @@ class SignalMixin:
                 source=self,
             )
             table.clear()
+            self._watch_signals(False)
             return
         for sig in list(table):
             self.remove_signal_handler(sig)

@@ -102,7 +102,12 @@ fn vars_offset(py: Python<'_>) -> Option<usize> {
     })
 }
 
+/// A fresh copy of the current Context, to hand to `Snapshots::take`. Also settles
+/// `vars_offset` on first use: `PyOnceLock` releases the GIL while it initialises, so that must
+/// not happen later, under the loop state's borrow (another thread could take the GIL and find
+/// the state borrowed; see `gil_cell.rs`).
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    vars_offset(py);
     // SAFETY: the GIL is held; returns a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
 }

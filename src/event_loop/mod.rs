@@ -74,6 +74,9 @@ pub struct LoopState {
     signal_pair: Option<(OwnedFd, OwnedFd)>,
     /// Signal numbers read from the wake-up socket, for `_process_signals`.
     signal_numbers: Vec<u8>,
+    /// Whether `add_signal_handler` callbacks exist: a busy loop must then still poll, to read
+    /// the signal numbers, where it could skip polling with no fd registered.
+    watching_signals: bool,
     /// Timers scheduled since the current iteration began. They join the heap when the next
     /// one begins (see `run::merge_new_timers`), so the timers an iteration runs are exactly
     /// those in the heap when it began.
@@ -512,6 +515,7 @@ impl LoopCore {
                 poller: Some(Arc::new(poller)),
                 signal_pair: Some(signal_pair),
                 signal_numbers: Vec::new(),
+                watching_signals: false,
                 new_timers: Vec::new(),
                 loop_kwargs: None,
                 snapshots: Snapshots::default(),
@@ -637,6 +641,11 @@ impl LoopCore {
             .signal_pair
             .as_ref()
             .map_or(-1, |(_, w)| w.as_raw_fd())
+    }
+
+    /// Called by the signal mixin when its first handler is added and its last removed.
+    fn _watch_signals(&self, py: Python<'_>, on: bool) {
+        self.state.borrow_mut(py).watching_signals = on;
     }
 
     /// Drops every pending callback, timer and registration and closes the poller.

@@ -3,9 +3,10 @@
 //! 0. move the timers scheduled since the last iteration into the heap;
 //! 1. drop cancelled timers from the head of the heap, or compact the whole heap when more than
 //!    half of more than 100 timers are cancelled;
-//! 2. wait for I/O: not at all if callbacks are ready (or the loop is stopping) and no fd is
-//!    registered, for zero time if callbacks are ready and an fd is registered (so a busy loop
-//!    still polls every iteration and I/O is never starved), else until the next timer is due
+//! 2. wait for I/O: not at all if callbacks are ready (or the loop is stopping) and no fd nor
+//!    signal handler is registered, for zero time if callbacks are ready and one is (so a busy
+//!    loop still polls every iteration and neither I/O nor signals starve), else until the next
+//!    timer is due
 //!    (or forever). Only a wait that can block releases the GIL. A signal ends a wait: the wake-up
 //!    socket given to `signal.set_wakeup_fd` becomes readable (or the wait fails with `EINTR`),
 //!    and the Python signal handlers run at once, so Ctrl-C interrupts a waiting loop;
@@ -27,7 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::handle::Handle;
-use super::{current_thread_id, hooks, os_error, LoopCore, LoopState, SIGNAL_TOKEN};
+use super::{closed_error, current_thread_id, hooks, os_error, LoopCore, LoopState, SIGNAL_TOKEN};
 use crate::core::clock;
 use crate::core::poller::{Event, Poller};
 
@@ -37,7 +38,15 @@ const MIN_CANCELLED_FRACTION: f64 = 0.5;
 pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    this.state.borrow_mut(py).thread_id = Some(current_thread_id());
+    {
+        let mut st = this.state.borrow_mut(py);
+        // Checked again here, in one step with the GIL held: another thread may have closed the
+        // loop since `run_forever` checked, and without a poller this loop would spin forever.
+        if st.poller.is_none() {
+            return Err(closed_error());
+        }
+        st.thread_id = Some(current_thread_id());
+    }
     let result = loop {
         if let Err(err) = run_once(slf) {
             break Err(err);
@@ -134,7 +143,7 @@ enum Wait {
 
 fn plan_wait(st: &LoopState) -> Wait {
     if !st.ready.is_empty() || st.stopping {
-        return if st.io.len() > 0 {
+        return if st.io.len() > 0 || st.watching_signals {
             Wait::Poll(Some(Duration::ZERO))
         } else {
             Wait::Skip
