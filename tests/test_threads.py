@@ -212,6 +212,24 @@ class TestExecutor:
         assert finished == [True]
         loop.run_until_complete(fut)
 
+    def test_shutdown_default_executor_timeout_is_honoured(self, ferro_loop):
+        # The timeout parameter of Python 3.12+, on every Python: a worker that outlasts it
+        # leaves shutdown with a RuntimeWarning instead of holding it until the worker ends.
+        release = threading.Event()
+
+        async def main():
+            ferro_loop.run_in_executor(None, release.wait, 30)
+            await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            with pytest.warns(RuntimeWarning, match="within 0.2 seconds"):
+                await ferro_loop.shutdown_default_executor(timeout=0.2)
+            return time.monotonic() - t0
+
+        try:
+            assert ferro_loop.run_until_complete(main()) < 10
+        finally:
+            release.set()
+
     def test_shutdown_default_executor_without_executor(self, loop):
         assert loop.run_until_complete(loop.shutdown_default_executor()) is None
 

@@ -15,7 +15,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, futures, tasks
+from asyncio import constants, coroutines, events, futures, tasks, timeouts
 from asyncio.log import logger
 
 from ferroloop import _core, _hooks
@@ -275,10 +275,9 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
         thread = threading.Thread(target=self._do_shutdown, args=(future,))
         thread.start()
         try:
-            await future
-        finally:
-            thread.join(timeout)
-        if thread.is_alive():
+            async with timeouts.timeout(timeout):
+                await future
+        except TimeoutError:
             warnings.warn(
                 "The executor did not finishing joining "
                 f"its threads within {timeout} seconds.",
@@ -286,12 +285,14 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
                 stacklevel=2,
             )
             self._default_executor.shutdown(wait=False)
+        else:
+            thread.join()
 
     def _do_shutdown(self, future):
         try:
             self._default_executor.shutdown(wait=True)
             if not self.is_closed():
-                self.call_soon_threadsafe(future.set_result, None)
+                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
         except Exception as ex:
             if not self.is_closed():
                 self.call_soon_threadsafe(future.set_exception, ex)
