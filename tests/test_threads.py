@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import gc
+import subprocess
 import sys
 import threading
 import time
@@ -393,8 +394,6 @@ def test_first_handle_of_a_process_keeps_the_loop_usable_from_other_threads():
     # The first handle made without context= settles a one-time probe that releases the GIL;
     # it must not do so while the loop's state is borrowed, or a thread that takes the GIL
     # then finds the loop unusable (a PanicException). Each run is a fresh process.
-    import subprocess
-
     for attempt in range(8):
         out = subprocess.run(
             [sys.executable, "-c", FIRST_SNAPSHOT_RACE, str(attempt)],

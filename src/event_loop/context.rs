@@ -96,18 +96,16 @@ fn probe(py: Python<'_>) -> PyResult<bool> {
     }
 }
 
-fn vars_offset(py: Python<'_>) -> Option<usize> {
+/// Where a Context keeps its variables, probed on first use. The first call releases the GIL
+/// (`PyOnceLock` does while it initialises), so it must not happen under the loop state's borrow:
+/// another thread could take the GIL and find the state borrowed (see `gil_cell.rs`).
+pub fn vars_offset(py: Python<'_>) -> Option<usize> {
     *VARS_OFFSET.get_or_init(py, || {
         probe(py).unwrap_or(false).then_some(CANDIDATE_OFFSET)
     })
 }
 
-/// A fresh copy of the current Context, to hand to `Snapshots::take`. Also settles
-/// `vars_offset` on first use: `PyOnceLock` releases the GIL while it initialises, so that must
-/// not happen later, under the loop state's borrow (another thread could take the GIL and find
-/// the state borrowed; see `gil_cell.rs`).
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    vars_offset(py);
     // SAFETY: the GIL is held; returns a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
 }
@@ -131,10 +129,16 @@ impl Snapshots {
     /// are the same, else a new one, which becomes the last. The second value is the previous
     /// snapshot when it was replaced, for the caller to drop outside any borrow.
     ///
-    /// `current` is a fresh copy of the current Context (`copy_current`), made before the loop's
-    /// state is borrowed: allocating can start a collection, which can run arbitrary code.
-    pub fn take(&mut self, py: Python<'_>, current: Py<PyAny>) -> (Py<PyAny>, Option<Py<PyAny>>) {
-        let Some(offset) = vars_offset(py) else {
+    /// `current` is a fresh copy of the current Context (`copy_current`) and `offset` is
+    /// `vars_offset`, both got before the loop's state is borrowed: allocating can start a
+    /// collection, which can run arbitrary code, and the first `vars_offset` releases the GIL.
+    pub fn take(
+        &mut self,
+        py: Python<'_>,
+        current: Py<PyAny>,
+        offset: Option<usize>,
+    ) -> (Py<PyAny>, Option<Py<PyAny>>) {
+        let Some(offset) = offset else {
             return (current, None);
         };
         if let Some(last) = &self.last {
