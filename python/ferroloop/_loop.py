@@ -4,11 +4,11 @@
 `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe` and the iteration itself. This class adds
 the parts that are not on a hot path, with the stock loop's semantics and messages: running until a
 future completes, tasks and futures, executors, async generator hooks, the exception handler, and
-the debug switches. Methods that need sockets, pipes, subprocesses or signals are not implemented
-yet and say so.
+the debug switches. Sockets, TLS, datagrams, pipes, subprocesses and signals come from the mixins.
 """
 
 import concurrent.futures
+import os
 import signal
 import sys
 import threading
@@ -30,6 +30,29 @@ from ferroloop._tls import TlsMixin
 __all__ = ("Loop",)
 
 
+SPIN_ENV = "FERROLOOP_SPIN_US"
+MAX_SPIN_US = 1_000_000
+
+
+def spin_limit_from_env():
+    """The `FERROLOOP_SPIN_US` setting: the longest a wait polls before it blocks, in
+    microseconds (0: never), or None when unset (the default, 50 µs; see
+    `src/core/poller/spin.rs`)."""
+    value = os.environ.get(SPIN_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        micros = int(value)
+    except ValueError:
+        micros = -1
+    if not 0 <= micros <= MAX_SPIN_US:
+        raise ValueError(
+            f"{SPIN_ENV} must be a whole number of microseconds from 0 (no spinning) "
+            f"to {MAX_SPIN_US}, not {value!r}"
+        )
+    return micros
+
+
 def _stop_when_done(fut):
     """Done callback of `run_until_complete`'s future: stops its loop, unless the future failed
     with KeyboardInterrupt or SystemExit, which propagate out of `run_forever` by themselves."""
@@ -44,6 +67,11 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):
+        try:
+            spin = spin_limit_from_env()
+        except ValueError:
+            self._close()  # its epoll fd and sockets, without an "unclosed event loop" warning
+            raise
         self._default_executor = None
         self._executor_shutdown_called = False
         self._exception_handler = None
@@ -57,6 +85,8 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._set_debug(coroutines._is_debug_mode())
+        if spin is not None:
+            self._set_spin_limit(spin)
         self._prebind_c_callees()
 
     def _prebind_c_callees(self):

@@ -648,6 +648,21 @@ impl LoopCore {
             .map_or(-1, |(_, w)| w.as_raw_fd())
     }
 
+    /// The longest a wait polls before it blocks, in microseconds (`core/poller/spin.rs`).
+    fn _spin_limit(&self, py: Python<'_>) -> PyResult<u64> {
+        let st = self.state.borrow(py);
+        let poller = st.poller.as_ref().ok_or_else(closed_error)?;
+        Ok(u64::try_from(poller.spin_limit().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Sets `_spin_limit`; zero: never poll before blocking.
+    fn _set_spin_limit(&self, py: Python<'_>, micros: u64) -> PyResult<()> {
+        let st = self.state.borrow(py);
+        let poller = st.poller.as_ref().ok_or_else(closed_error)?;
+        poller.set_spin_limit(std::time::Duration::from_micros(micros));
+        Ok(())
+    }
+
     /// Called by the signal mixin when its first handler is added and its last removed.
     fn _watch_signals(&self, py: Python<'_>, on: bool) {
         self.state.borrow_mut(py).watching_signals = on;

@@ -1,7 +1,8 @@
 //! Readiness notification: which registered fds can be read or written, and a waker that
 //! another thread uses to end a wait early.
 //!
-//! The portable surface is this file; the Linux backend is `epoll.rs` and the waker `eventfd.rs`.
+//! The portable surface is this file; the Linux backend is `epoll.rs`, the waker `eventfd.rs`, and
+//! the policy for polling before a wait blocks `spin.rs`.
 //!
 //! Why our own small epoll binding rather than a crate: asyncio's `add_reader`/`add_writer` are
 //! level-triggered (a callback is called again on every iteration while the fd stays ready), which
@@ -12,13 +13,16 @@
 
 mod epoll;
 mod eventfd;
+mod spin;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use eventfd::Waker;
+use spin::Spin;
+pub use spin::DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT;
 
 /// What a registration waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -70,6 +74,7 @@ const WAKER_TOKEN: u64 = u64::MAX;
 pub struct Poller {
     selector: epoll::Selector,
     waker: Arc<Waker>,
+    spin: Spin,
 }
 
 impl Poller {
@@ -77,7 +82,21 @@ impl Poller {
         let selector = epoll::Selector::new()?;
         let waker = Arc::new(Waker::new()?);
         selector.add(waker.fd(), WAKER_TOKEN, Interest::READABLE)?;
-        Ok(Poller { selector, waker })
+        Ok(Poller {
+            selector,
+            waker,
+            spin: Spin::new(DEFAULT_SPIN_LIMIT),
+        })
+    }
+
+    /// The longest a wait polls before it blocks (see `spin.rs`).
+    pub fn spin_limit(&self) -> Duration {
+        self.spin.limit()
+    }
+
+    /// Sets the longest a wait polls before it blocks; zero: never.
+    pub fn set_spin_limit(&self, limit: Duration) {
+        self.spin.set_limit(limit);
     }
 
     /// A handle other threads use to wake a wait.
@@ -119,12 +138,17 @@ impl Poller {
     /// Waits until an fd is ready, the waker is woken, a signal arrives or `timeout` passes
     /// (`None`: no time-out). Replaces the content of `events`. A signal ends the wait with an
     /// `Interrupted` error, so the caller can run the Python signal handlers. The time-out is
-    /// never rounded down: a wait never returns early because of rounding.
+    /// never rounded down: a wait never returns early because of rounding. A wait that may block
+    /// first polls for the spin window (`spin.rs`).
     pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
         let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
+        if timeout == Some(Duration::ZERO) {
+            self.selector.wait(events, timeout)?;
+        } else {
+            self.spin_then_block(events, timeout)?;
+        }
         let mut woken = false;
-        self.selector.wait(events, timeout)?;
         events.retain(|e| {
             let is_waker = e.token == WAKER_TOKEN;
             woken |= is_waker;
@@ -132,6 +156,34 @@ impl Poller {
         });
         if woken {
             self.waker.reset();
+        }
+        Ok(())
+    }
+
+    /// Polls until an event comes or the spin window ends, then blocks for the rest of the
+    /// time-out, and lets the spin policy learn from a wait that blocked.
+    fn spin_then_block(
+        &self,
+        events: &mut Vec<Event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let start = Instant::now();
+        let window = self.spin.window(timeout);
+        if !window.is_zero() {
+            loop {
+                self.selector.wait(events, Some(Duration::ZERO))?;
+                if !events.is_empty() {
+                    return Ok(());
+                }
+                if start.elapsed() >= window {
+                    break;
+                }
+            }
+        }
+        let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        self.selector.wait(events, rest)?;
+        if rest != Some(Duration::ZERO) {
+            self.spin.blocked(start.elapsed(), !events.is_empty());
         }
         Ok(())
     }
@@ -165,6 +217,105 @@ mod tests {
             assert!(events.is_empty());
             assert!(took >= asked, "asked {asked:?}, waited {took:?}");
         }
+    }
+
+    /// A poller whose spin window has opened to `limit`.
+    fn spinning_poller(limit: Duration) -> Poller {
+        let poller = Poller::new().unwrap();
+        poller.set_spin_limit(limit);
+        for _ in 0..20 {
+            poller.spin.blocked(Duration::ZERO, true);
+        }
+        assert_eq!(poller.spin.window(None), limit);
+        poller
+    }
+
+    #[test]
+    fn a_short_wait_ended_by_an_event_opens_the_window() {
+        let poller = Poller::new().unwrap();
+        poller.set_spin_limit(Duration::from_millis(100));
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        let mut events = vec![];
+        poller
+            .wait(&mut events, Some(Duration::from_millis(5)))
+            .unwrap();
+        assert!(events.is_empty());
+        assert_eq!(poller.spin.window(None), Duration::ZERO);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2));
+            write_byte(&b);
+            b
+        });
+        poller.wait(&mut events, None).unwrap();
+        let _b = writer.join().unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(poller.spin.window(None), Duration::from_micros(10));
+    }
+
+    #[test]
+    fn an_event_during_the_spin_ends_the_wait() {
+        let poller = spinning_poller(Duration::from_millis(100));
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            write_byte(&b);
+            b
+        });
+        let mut events = vec![];
+        poller.wait(&mut events, None).unwrap();
+        let _b = writer.join().unwrap();
+        assert_eq!(
+            events,
+            vec![Event {
+                token: 7,
+                readable: true,
+                writable: false
+            }]
+        );
+        assert_eq!(poller.spin.window(None), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_spinning_wait_keeps_its_time_out() {
+        let poller = spinning_poller(Duration::from_millis(100));
+        let mut events = vec![];
+        let limit = Duration::from_millis(100);
+        for (asked, window_after) in [(30, limit), (150, Duration::ZERO)] {
+            let asked = Duration::from_millis(asked);
+            let start = Instant::now();
+            poller.wait(&mut events, Some(asked)).unwrap();
+            let took = start.elapsed();
+            assert!(events.is_empty());
+            assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+            // Blocking for the whole time-out after the spin would take 250 ms.
+            assert!(took < Duration::from_millis(240), "waited {took:?}");
+            assert_eq!(poller.spin.window(None), window_after);
+        }
+    }
+
+    #[test]
+    fn a_wait_longer_than_the_limit_closes_the_window() {
+        let poller = spinning_poller(Duration::from_millis(20));
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(60));
+            write_byte(&b);
+            b
+        });
+        let mut events = vec![];
+        poller.wait(&mut events, None).unwrap();
+        let _b = writer.join().unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(poller.spin.window(None), Duration::ZERO);
     }
 
     #[test]
