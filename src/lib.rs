@@ -23,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock::sock_sendall_start, m)?)?;
     event_loop::install_free_lists(m.py());
     core::allocator::prime_allocator();
+    m.add("MAX_SPIN_US", core::poller::MAX_SPIN_LIMIT.as_micros())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

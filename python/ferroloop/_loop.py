@@ -31,12 +31,11 @@ __all__ = ("Loop",)
 
 
 SPIN_ENV = "FERROLOOP_SPIN_US"
-MAX_SPIN_US = 1_000_000
 
 
 def spin_limit_from_env():
     """The `FERROLOOP_SPIN_US` setting: the longest a wait polls before it blocks, in
-    microseconds (0: never), or None when unset (the default, 50 µs; see
+    microseconds (0: never), or None when unset or blank (the default, 50 µs; see
     `src/core/poller/spin.rs`)."""
     value = os.environ.get(SPIN_ENV, "").strip()
     if not value:
@@ -45,10 +44,10 @@ def spin_limit_from_env():
         micros = int(value)
     except ValueError:
         micros = -1
-    if not 0 <= micros <= MAX_SPIN_US:
+    if not 0 <= micros <= _core.MAX_SPIN_US:
         raise ValueError(
             f"{SPIN_ENV} must be a whole number of microseconds from 0 (no spinning) "
-            f"to {MAX_SPIN_US}, not {value!r}"
+            f"to {_core.MAX_SPIN_US}, not {value!r}"
         )
     return micros
 

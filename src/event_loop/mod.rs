@@ -19,8 +19,9 @@ mod shared;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -38,7 +39,7 @@ use io::IoRegistry;
 use shared::LoopShared;
 
 use crate::core::clock;
-use crate::core::poller::{Event, Interest, Poller};
+use crate::core::poller::{Event, Interest, Poller, MAX_SPIN_LIMIT};
 use crate::core::ready::ReadyQueue;
 use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
@@ -178,6 +179,15 @@ impl LoopCore {
         kwargs.set_item(intern!(py, "loop"), slf)?;
         slf.get().state.borrow_mut(py).loop_kwargs = Some(kwargs.clone().unbind());
         Ok(kwargs)
+    }
+
+    /// The poller, or the closed-loop error.
+    fn poller(&self, py: Python<'_>) -> PyResult<Arc<Poller>> {
+        self.state
+            .borrow(py)
+            .poller
+            .clone()
+            .ok_or_else(closed_error)
     }
 
     fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
@@ -649,18 +659,26 @@ impl LoopCore {
     }
 
     /// The longest a wait polls before it blocks, in microseconds (`core/poller/spin.rs`).
-    fn _spin_limit(&self, py: Python<'_>) -> PyResult<u64> {
-        let st = self.state.borrow(py);
-        let poller = st.poller.as_ref().ok_or_else(closed_error)?;
-        Ok(u64::try_from(poller.spin_limit().as_micros()).unwrap_or(u64::MAX))
+    fn _spin_limit(&self, py: Python<'_>) -> PyResult<u128> {
+        Ok(self.poller(py)?.spin_limit().as_micros())
     }
 
     /// Sets `_spin_limit`; zero: never poll before blocking.
     fn _set_spin_limit(&self, py: Python<'_>, micros: u64) -> PyResult<()> {
-        let st = self.state.borrow(py);
-        let poller = st.poller.as_ref().ok_or_else(closed_error)?;
-        poller.set_spin_limit(std::time::Duration::from_micros(micros));
+        let limit = Duration::from_micros(micros);
+        if limit > MAX_SPIN_LIMIT {
+            return Err(PyValueError::new_err(format!(
+                "the spin limit must be from 0 to {} microseconds, not {micros}",
+                MAX_SPIN_LIMIT.as_micros()
+            )));
+        }
+        self.poller(py)?.set_spin_limit(limit);
         Ok(())
+    }
+
+    /// How long the next wait that may block will poll first, in microseconds.
+    fn _spin_window(&self, py: Python<'_>) -> PyResult<u128> {
+        Ok(self.poller(py)?.spin_window().as_micros())
     }
 
     /// Called by the signal mixin when its first handler is added and its last removed.

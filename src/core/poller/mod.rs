@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use eventfd::Waker;
 use spin::Spin;
-pub use spin::DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT;
+pub use spin::{DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT, MAX_LIMIT as MAX_SPIN_LIMIT};
 
 /// What a registration waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -99,6 +99,11 @@ impl Poller {
         self.spin.set_limit(limit);
     }
 
+    /// How long the next wait that may block will poll first, as learnt so far.
+    pub fn spin_window(&self) -> Duration {
+        self.spin.window(None)
+    }
+
     /// A handle other threads use to wake a wait.
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
@@ -161,7 +166,7 @@ impl Poller {
     }
 
     /// Polls until an event comes or the spin window ends, then blocks for the rest of the
-    /// time-out, and lets the spin policy learn from a wait that blocked.
+    /// time-out, and lets the spin policy learn from a wait the spin did not end.
     fn spin_then_block(
         &self,
         events: &mut Vec<Event>,
@@ -182,9 +187,7 @@ impl Poller {
         }
         let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
         self.selector.wait(events, rest)?;
-        if rest != Some(Duration::ZERO) {
-            self.spin.blocked(start.elapsed(), !events.is_empty());
-        }
+        self.spin.learn(start.elapsed(), !events.is_empty());
         Ok(())
     }
 }
@@ -219,15 +222,23 @@ mod tests {
         }
     }
 
-    /// A poller whose spin window has opened to `limit`.
-    fn spinning_poller(limit: Duration) -> Poller {
+    /// A poller with this spin limit whose window has opened to `window`, a doubling of 10 µs.
+    fn spinning_poller(limit: Duration, window: Duration) -> Poller {
         let poller = Poller::new().unwrap();
         poller.set_spin_limit(limit);
-        for _ in 0..20 {
-            poller.spin.blocked(Duration::ZERO, true);
+        while poller.spin.window(None) < window {
+            poller.spin.learn(Duration::ZERO, true);
         }
-        assert_eq!(poller.spin.window(None), limit);
+        assert_eq!(poller.spin.window(None), window);
         poller
+    }
+
+    fn write_later(fd: OwnedFd, after: Duration) -> std::thread::JoinHandle<OwnedFd> {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            write_byte(&fd);
+            fd
+        })
     }
 
     #[test]
@@ -239,16 +250,7 @@ mod tests {
             .register(a.as_raw_fd(), 7, Interest::READABLE)
             .unwrap();
         let mut events = vec![];
-        poller
-            .wait(&mut events, Some(Duration::from_millis(5)))
-            .unwrap();
-        assert!(events.is_empty());
-        assert_eq!(poller.spin.window(None), Duration::ZERO);
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2));
-            write_byte(&b);
-            b
-        });
+        let writer = write_later(b, Duration::from_millis(2));
         poller.wait(&mut events, None).unwrap();
         let _b = writer.join().unwrap();
         assert_eq!(events.len(), 1);
@@ -257,16 +259,14 @@ mod tests {
 
     #[test]
     fn an_event_during_the_spin_ends_the_wait() {
-        let poller = spinning_poller(Duration::from_millis(100));
+        // 10 µs doubled 13 times: a wait that blocked would double it again, to 163.84 ms.
+        let window = Duration::from_micros(81_920);
+        let poller = spinning_poller(Duration::from_millis(200), window);
         let (a, b) = socketpair();
         poller
             .register(a.as_raw_fd(), 7, Interest::READABLE)
             .unwrap();
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(5));
-            write_byte(&b);
-            b
-        });
+        let writer = write_later(b, Duration::from_millis(5));
         let mut events = vec![];
         poller.wait(&mut events, None).unwrap();
         let _b = writer.join().unwrap();
@@ -278,39 +278,46 @@ mod tests {
                 writable: false
             }]
         );
-        assert_eq!(poller.spin.window(None), Duration::from_millis(100));
+        assert_eq!(poller.spin.window(None), window, "the spin found the event");
     }
 
     #[test]
-    fn a_spinning_wait_keeps_its_time_out() {
-        let poller = spinning_poller(Duration::from_millis(100));
+    fn a_time_out_inside_the_window_is_kept_and_closes_it() {
+        let poller = spinning_poller(Duration::from_millis(200), Duration::from_micros(163_840));
+        let asked = Duration::from_millis(30);
         let mut events = vec![];
-        let limit = Duration::from_millis(100);
-        for (asked, window_after) in [(30, limit), (150, Duration::ZERO)] {
-            let asked = Duration::from_millis(asked);
-            let start = Instant::now();
-            poller.wait(&mut events, Some(asked)).unwrap();
-            let took = start.elapsed();
-            assert!(events.is_empty());
-            assert!(took >= asked, "asked {asked:?}, waited {took:?}");
-            // Blocking for the whole time-out after the spin would take 250 ms.
-            assert!(took < Duration::from_millis(240), "waited {took:?}");
-            assert_eq!(poller.spin.window(None), window_after);
-        }
+        let start = Instant::now();
+        poller.wait(&mut events, Some(asked)).unwrap();
+        let took = start.elapsed();
+        assert!(events.is_empty());
+        assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        assert_eq!(poller.spin.window(None), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_time_out_past_the_window_blocks_only_for_the_rest() {
+        let window = Duration::from_micros(163_840);
+        let poller = spinning_poller(Duration::from_millis(300), window);
+        let asked = Duration::from_millis(400);
+        let mut events = vec![];
+        let start = Instant::now();
+        poller.wait(&mut events, Some(asked)).unwrap();
+        let took = start.elapsed();
+        assert!(events.is_empty());
+        assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        // Blocking for the whole time-out after the spin would take 564 ms.
+        assert!(took < Duration::from_millis(540), "waited {took:?}");
+        assert_eq!(poller.spin.window(None), Duration::ZERO);
     }
 
     #[test]
     fn a_wait_longer_than_the_limit_closes_the_window() {
-        let poller = spinning_poller(Duration::from_millis(20));
+        let poller = spinning_poller(Duration::from_millis(20), Duration::from_millis(20));
         let (a, b) = socketpair();
         poller
             .register(a.as_raw_fd(), 7, Interest::READABLE)
             .unwrap();
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(60));
-            write_byte(&b);
-            b
-        });
+        let writer = write_later(b, Duration::from_millis(60));
         let mut events = vec![];
         poller.wait(&mut events, None).unwrap();
         let _b = writer.join().unwrap();

@@ -6,20 +6,22 @@
 //! hands the CPU back to the host, and the wake-up is an interrupt between processors), then
 //! the scheduler switches the loop's thread in. With one connection sending a request as soon as
 //! it has the answer, that wake-up was most of each round trip on the 2-core benchmark machine:
-//! polling for up to 50 µs first gave 2.4 to 2.7 times the requests per second, and less system
+//! polling for up to 50 µs first gave 1.7 to 2.7 times the requests per second, and less system
 //! time per request, since the spin costs less than the wake-up it replaces.
 //!
 //! Polling burns CPU that another process could use, so the window adapts the way the kernel's
-//! halt polling does (KVM's `halt_poll_ns`, the guest's cpuidle-haltpoll):
-//! - it starts closed: a loop spins only after waits that blocked and were ended by an event
-//!   within `limit`;
+//! halt polling does (KVM's `halt_poll_ns`, the guest's cpuidle-haltpoll). It learns only from
+//! waits the spin did not end:
+//! - it starts closed: a loop spins only after waits ended by an event within `limit`;
 //! - each such wait doubles the window (from `FIRST_WINDOW`) up to `limit`;
-//! - a wait that blocked longer than `limit` closes it again;
-//! - a wait ended by its time-out leaves it as it is: timers alone never make a loop spin.
+//! - a wait longer than `limit`, or one that its time-out ended, closes it: a loop woken only
+//!   by its timers sleeps until they are due.
 //!
-//! So an idle loop, or one woken less often than every `limit`, never spins, and a loop spends
-//! at most `limit` spinning per wait, only while events keep coming sooner than that. A limit of
-//! zero turns spinning off.
+//! A wait the spin ended leaves the window as it is, so it settles at the first doubling above
+//! the usual gap between events rather than at the limit. An idle loop or one woken less often
+//! than every `limit` stops spinning after one wait; while it spins, a loop spends at most the
+//! window per wait, and only while events keep coming sooner than `limit`. A limit of zero turns
+//! spinning off.
 //!
 //! Only the loop's thread waits; the atomics are there because the poller is shared with the
 //! threads that wake it, and `Relaxed` is enough since no other memory hangs on these values.
@@ -29,6 +31,9 @@ use std::time::Duration;
 
 /// The limit a new poller starts with.
 pub const DEFAULT_LIMIT: Duration = Duration::from_micros(50);
+
+/// The largest limit accepted.
+pub const MAX_LIMIT: Duration = Duration::from_secs(1);
 
 /// The window after the first short wait.
 const FIRST_WINDOW: Duration = Duration::from_micros(10);
@@ -59,22 +64,20 @@ impl Spin {
 
     /// How long a wait with this time-out polls before it blocks.
     pub fn window(&self, timeout: Option<Duration>) -> Duration {
-        let window = Duration::from_nanos(self.window_ns.load(Ordering::Relaxed));
+        let window = self.window_ns.load(Ordering::Relaxed);
+        let window = Duration::from_nanos(window.min(self.limit_ns.load(Ordering::Relaxed)));
         timeout.map_or(window, |t| window.min(t))
     }
 
-    /// Learns from a wait that blocked: `waited` is its whole length, spin included, and
-    /// `by_event` whether an event (not the time-out) ended it.
-    pub fn blocked(&self, waited: Duration, by_event: bool) {
+    /// Learns from a wait the spin did not end: `waited` is its whole length, spin included,
+    /// and `by_event` whether an event (not the time-out) ended it.
+    pub fn learn(&self, waited: Duration, by_event: bool) {
         let limit = self.limit_ns.load(Ordering::Relaxed);
-        let waited = nanos(waited);
-        let window = if waited > limit {
-            0
-        } else if by_event {
+        let window = if by_event && nanos(waited) <= limit {
             let doubled = self.window_ns.load(Ordering::Relaxed).saturating_mul(2);
             doubled.max(nanos(FIRST_WINDOW)).min(limit)
         } else {
-            return;
+            0
         };
         self.window_ns.store(window, Ordering::Relaxed);
     }
@@ -94,61 +97,59 @@ mod tests {
     fn closed_until_a_short_wait_ends_by_an_event() {
         let spin = Spin::new(50 * US);
         assert_eq!(spin.window(None), Duration::ZERO);
-        spin.blocked(30 * US, false);
+        spin.learn(30 * US, false);
         assert_eq!(
             spin.window(None),
             Duration::ZERO,
-            "a time-out taught nothing"
+            "a time-out opens nothing"
         );
-        spin.blocked(30 * US, true);
+        spin.learn(30 * US, true);
         assert_eq!(spin.window(None), FIRST_WINDOW);
     }
 
     #[test]
-    fn doubles_up_to_the_limit_and_closes_after_a_long_wait() {
+    fn doubles_up_to_the_limit_and_closes_after_a_long_wait_or_a_time_out() {
         let spin = Spin::new(50 * US);
         let mut seen = vec![];
         for _ in 0..5 {
-            spin.blocked(40 * US, true);
+            spin.learn(40 * US, true);
             seen.push(spin.window(None));
         }
         assert_eq!(seen, [10 * US, 20 * US, 40 * US, 50 * US, 50 * US]);
-        spin.blocked(20 * US, false);
-        assert_eq!(
-            spin.window(None),
-            50 * US,
-            "a short time-out changes nothing"
-        );
-        spin.blocked(51 * US, true);
+        spin.learn(51 * US, true);
         assert_eq!(spin.window(None), Duration::ZERO);
-        spin.blocked(40 * US, true);
-        spin.blocked(2000 * US, false);
+        spin.learn(40 * US, true);
+        assert_eq!(spin.window(None), FIRST_WINDOW);
+        spin.learn(20 * US, false);
         assert_eq!(
             spin.window(None),
             Duration::ZERO,
-            "a long time-out closes it too"
+            "a short time-out closes it too"
         );
     }
 
     #[test]
-    fn never_longer_than_the_time_out() {
+    fn never_longer_than_the_time_out_nor_the_limit() {
         let spin = Spin::new(50 * US);
         for _ in 0..4 {
-            spin.blocked(US, true);
+            spin.learn(US, true);
         }
         assert_eq!(spin.window(None), 50 * US);
         assert_eq!(spin.window(Some(7 * US)), 7 * US);
         assert_eq!(spin.window(Some(Duration::ZERO)), Duration::ZERO);
+        // A limit lowered while the window was being learnt (from another thread) bounds it.
+        spin.limit_ns.store(nanos(20 * US), Ordering::Relaxed);
+        assert_eq!(spin.window(None), 20 * US);
     }
 
     #[test]
     fn a_zero_limit_never_opens() {
         let spin = Spin::new(50 * US);
-        spin.blocked(US, true);
+        spin.learn(US, true);
         spin.set_limit(Duration::ZERO);
         assert_eq!(spin.window(None), Duration::ZERO);
         for _ in 0..4 {
-            spin.blocked(Duration::ZERO, true);
+            spin.learn(Duration::ZERO, true);
         }
         assert_eq!(spin.window(None), Duration::ZERO);
         assert_eq!(spin.limit(), Duration::ZERO);
