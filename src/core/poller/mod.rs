@@ -183,6 +183,10 @@ impl Poller {
                 if start.elapsed() >= window {
                     break;
                 }
+                // Lets another thread that is ready to run on this CPU have it: the peer we
+                // wait for may be that thread, and spinning would only hold it back.
+                // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+                unsafe { libc::sched_yield() };
             }
         }
         let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));

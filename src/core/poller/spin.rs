@@ -23,6 +23,12 @@
 //! window per wait, and only while events keep coming sooner than `limit`. A limit of zero turns
 //! spinning off.
 //!
+//! Between polls the spinning thread yields its CPU (`sched_yield`), to whatever other thread is
+//! ready to run there: when the peer the loop waits for shares its CPU (a client pinned to the
+//! same one), spinning without yielding held the peer back until the window ran out (measured,
+//! server and client on one CPU: 42k requests per second against 53k without spinning; 53k with
+//! the yield). With no other thread ready the yield returns at once.
+//!
 //! Only the loop's thread waits; the atomics are there because the poller is shared with the
 //! threads that wake it, and `Relaxed` is enough since no other memory hangs on these values.
 
