@@ -202,6 +202,13 @@ mod tests {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::time::Instant;
 
+    /// What a wait reports for a readable fd registered under token 7.
+    const READABLE_7: Event = Event {
+        token: 7,
+        readable: true,
+        writable: false,
+    };
+
     fn socketpair() -> (OwnedFd, OwnedFd) {
         crate::core::sys::nonblocking_socketpair().unwrap()
     }
@@ -215,14 +222,8 @@ mod tests {
     #[test]
     fn time_out_never_early() {
         let poller = Poller::new().unwrap();
-        let mut events = vec![];
         for micros in [100u64, 1500, 20_000] {
-            let asked = Duration::from_micros(micros);
-            let start = Instant::now();
-            poller.wait(&mut events, Some(asked)).unwrap();
-            let took = start.elapsed();
-            assert!(events.is_empty());
-            assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+            wait_out(&poller, Duration::from_micros(micros));
         }
     }
 
@@ -237,26 +238,40 @@ mod tests {
         poller
     }
 
-    fn write_later(fd: OwnedFd, after: Duration) -> std::thread::JoinHandle<OwnedFd> {
-        std::thread::spawn(move || {
+    /// Waits without time-out for a byte another thread writes `after` from now; returns the
+    /// events.
+    fn wait_for_late_byte(poller: &Poller, after: Duration) -> Vec<Event> {
+        let (a, b) = socketpair();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        let writer = std::thread::spawn(move || {
             std::thread::sleep(after);
-            write_byte(&fd);
-            fd
-        })
+            write_byte(&b);
+            b
+        });
+        let mut events = vec![];
+        poller.wait(&mut events, None).unwrap();
+        let _b = writer.join().unwrap();
+        events
+    }
+
+    /// Waits `asked` with nothing to come; returns how long it took, which is at least that.
+    fn wait_out(poller: &Poller, asked: Duration) -> Duration {
+        let mut events = vec![];
+        let start = Instant::now();
+        poller.wait(&mut events, Some(asked)).unwrap();
+        let took = start.elapsed();
+        assert!(events.is_empty());
+        assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        took
     }
 
     #[test]
     fn a_short_wait_ended_by_an_event_opens_the_window() {
         let poller = Poller::new().unwrap();
         poller.set_spin_limit(Duration::from_millis(100));
-        let (a, b) = socketpair();
-        poller
-            .register(a.as_raw_fd(), 7, Interest::READABLE)
-            .unwrap();
-        let mut events = vec![];
-        let writer = write_later(b, Duration::from_millis(2));
-        poller.wait(&mut events, None).unwrap();
-        let _b = writer.join().unwrap();
+        let events = wait_for_late_byte(&poller, Duration::from_millis(2));
         assert_eq!(events.len(), 1);
         assert_eq!(poller.spin.window(None), Duration::from_micros(10));
     }
@@ -266,49 +281,22 @@ mod tests {
         // 10 µs doubled 13 times: a wait that blocked would double it again, to 163.84 ms.
         let window = Duration::from_micros(81_920);
         let poller = spinning_poller(Duration::from_millis(200), window);
-        let (a, b) = socketpair();
-        poller
-            .register(a.as_raw_fd(), 7, Interest::READABLE)
-            .unwrap();
-        let writer = write_later(b, Duration::from_millis(5));
-        let mut events = vec![];
-        poller.wait(&mut events, None).unwrap();
-        let _b = writer.join().unwrap();
-        assert_eq!(
-            events,
-            vec![Event {
-                token: 7,
-                readable: true,
-                writable: false
-            }]
-        );
+        let events = wait_for_late_byte(&poller, Duration::from_millis(5));
+        assert_eq!(events, [READABLE_7]);
         assert_eq!(poller.spin.window(None), window, "the spin found the event");
     }
 
     #[test]
     fn a_time_out_inside_the_window_is_kept_and_closes_it() {
         let poller = spinning_poller(Duration::from_millis(200), Duration::from_micros(163_840));
-        let asked = Duration::from_millis(30);
-        let mut events = vec![];
-        let start = Instant::now();
-        poller.wait(&mut events, Some(asked)).unwrap();
-        let took = start.elapsed();
-        assert!(events.is_empty());
-        assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        wait_out(&poller, Duration::from_millis(30));
         assert_eq!(poller.spin.window(None), Duration::ZERO);
     }
 
     #[test]
     fn a_time_out_past_the_window_blocks_only_for_the_rest() {
-        let window = Duration::from_micros(163_840);
-        let poller = spinning_poller(Duration::from_millis(300), window);
-        let asked = Duration::from_millis(400);
-        let mut events = vec![];
-        let start = Instant::now();
-        poller.wait(&mut events, Some(asked)).unwrap();
-        let took = start.elapsed();
-        assert!(events.is_empty());
-        assert!(took >= asked, "asked {asked:?}, waited {took:?}");
+        let poller = spinning_poller(Duration::from_millis(300), Duration::from_micros(163_840));
+        let took = wait_out(&poller, Duration::from_millis(400));
         // Blocking for the whole time-out after the spin would take 564 ms.
         assert!(took < Duration::from_millis(540), "waited {took:?}");
         assert_eq!(poller.spin.window(None), Duration::ZERO);
@@ -317,14 +305,7 @@ mod tests {
     #[test]
     fn a_wait_longer_than_the_limit_closes_the_window() {
         let poller = spinning_poller(Duration::from_millis(20), Duration::from_millis(20));
-        let (a, b) = socketpair();
-        poller
-            .register(a.as_raw_fd(), 7, Interest::READABLE)
-            .unwrap();
-        let writer = write_later(b, Duration::from_millis(60));
-        let mut events = vec![];
-        poller.wait(&mut events, None).unwrap();
-        let _b = writer.join().unwrap();
+        let events = wait_for_late_byte(&poller, Duration::from_millis(60));
         assert_eq!(events.len(), 1);
         assert_eq!(poller.spin.window(None), Duration::ZERO);
     }
@@ -340,14 +321,7 @@ mod tests {
         let mut events = vec![];
         for _ in 0..3 {
             poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
-            assert_eq!(
-                events,
-                vec![Event {
-                    token: 7,
-                    readable: true,
-                    writable: false
-                }]
-            );
+            assert_eq!(events, [READABLE_7]);
         }
         poller.deregister(a.as_raw_fd()).unwrap();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
