@@ -172,10 +172,21 @@ impl Poller {
         events: &mut Vec<Event>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
-        let start = Instant::now();
         let window = self.spin.window(timeout);
         if !window.is_zero() {
+            // The first poll reads no clock: on a busy loop it usually finds an event.
+            self.selector.wait(events, Some(Duration::ZERO))?;
+            if !events.is_empty() {
+                return Ok(());
+            }
+        }
+        let start = Instant::now();
+        if !window.is_zero() {
             loop {
+                // Lets another thread that is ready to run on this CPU have it: the peer we
+                // wait for may be that thread, and spinning would only hold it back.
+                // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+                unsafe { libc::sched_yield() };
                 self.selector.wait(events, Some(Duration::ZERO))?;
                 if !events.is_empty() {
                     return Ok(());
@@ -183,10 +194,6 @@ impl Poller {
                 if start.elapsed() >= window {
                     break;
                 }
-                // Lets another thread that is ready to run on this CPU have it: the peer we
-                // wait for may be that thread, and spinning would only hold it back.
-                // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
-                unsafe { libc::sched_yield() };
             }
         }
         let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
