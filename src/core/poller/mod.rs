@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use eventfd::Waker;
-use spin::Spin;
-pub use spin::{DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT, MAX_LIMIT as MAX_SPIN_LIMIT};
+pub use spin::MAX_LIMIT as MAX_SPIN_LIMIT;
+use spin::{Spin, DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT};
 
 /// What a registration waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -173,15 +173,15 @@ impl Poller {
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         let window = self.spin.window(timeout);
-        if !window.is_zero() {
+        let start = if window.is_zero() {
+            Instant::now()
+        } else {
             // The first poll reads no clock: on a busy loop it usually finds an event.
             self.selector.wait(events, Some(Duration::ZERO))?;
             if !events.is_empty() {
                 return Ok(());
             }
-        }
-        let start = Instant::now();
-        if !window.is_zero() {
+            let start = Instant::now();
             loop {
                 // Lets another thread that is ready to run on this CPU have it: the peer we
                 // wait for may be that thread, and spinning would only hold it back.
@@ -192,10 +192,10 @@ impl Poller {
                     return Ok(());
                 }
                 if start.elapsed() >= window {
-                    break;
+                    break start;
                 }
             }
-        }
+        };
         let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
         self.selector.wait(events, rest)?;
         self.spin.learn(start.elapsed(), !events.is_empty());
