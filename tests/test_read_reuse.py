@@ -226,3 +226,20 @@ def test_two_transports_taking_turns_get_their_own_bytes(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_large_reads_keep_no_large_spare(ferro_loop, pair):
+    # ferroloop only: reads of messages up to a few KiB leave their object to the next read,
+    # reads expected above 64 KiB leave nothing that large behind (the spare would stay
+    # resident for the loop's life).
+    a, b = pair
+    protocol = Collector(ferro_loop)
+    transport = make(ferro_loop, a, protocol)
+    sent = exchange(ferro_loop, protocol, b, [10_000] * 4)
+    room = ferro_loop._read_spare_room()
+    assert room is not None and 10_000 <= room <= 64 * 1024
+    sent += exchange(ferro_loop, protocol, b, [200_000] * 4)
+    assert ferro_loop._read_spare_room() <= 64 * 1024
+    finish(ferro_loop, transport, protocol)
+    assert protocol.problems == []
+    assert bytes(protocol.received) == sent

@@ -681,6 +681,12 @@ impl LoopCore {
         Ok(self.poller(py)?.spin_window().as_micros())
     }
 
+    /// The room of the `bytes` kept for the next transport read, if there is one
+    /// (`recv_bytes.rs`).
+    fn _read_spare_room(&self, py: Python<'_>) -> Option<usize> {
+        self.read_spare.borrow(py).room()
+    }
+
     /// Called by the signal mixin when its first handler is added and its last removed.
     fn _watch_signals(&self, py: Python<'_>, on: bool) {
         self.state.borrow_mut(py).watching_signals = on;
