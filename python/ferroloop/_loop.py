@@ -5,9 +5,17 @@
 the parts that are not on a hot path, with the stock loop's semantics and messages: running until a
 future completes, tasks and futures, executors, async generator hooks, the exception handler, and
 the debug switches. Sockets, TLS, datagrams, pipes, subprocesses and signals come from the mixins.
+
+TLS (with `loop.sendfile`), datagrams, pipes and subprocesses are not among the class's bases: their
+methods are set on the class when one of them is first looked up (`_LATER`, `_LoadedAtFirstUse`).
+Their modules are 40% of ferroloop's Python code and about 0.2 MiB of every process's memory, and
+most programs use few of them. Each name stays with the mixin that would have provided it had the
+mixins been bases, in the order `Sock, Net, Tls, Datagram, Pipe, Signal`
+(tests/test_lazy_mixins.py checks it).
 """
 
 import concurrent.futures
+import importlib
 import os
 import signal
 import sys
@@ -19,13 +27,10 @@ from asyncio import constants, coroutines, events, futures, tasks, timeouts
 from asyncio.log import logger
 
 from ferroloop import _core, _hooks
-from ferroloop._datagram import DatagramMixin
 from ferroloop._fd import fileobj_to_fd
 from ferroloop._net import NetMixin
-from ferroloop._pipes import PipeMixin
 from ferroloop._signals import SignalMixin
 from ferroloop._sock import SockMixin
-from ferroloop._tls import TlsMixin
 
 __all__ = ("Loop",)
 
@@ -52,6 +57,48 @@ def spin_limit_from_env():
     return micros
 
 
+# The mixins set on `Loop` at first use: (module, class) -> the names the class provides.
+_LATER = {
+    ("ferroloop._tls", "TlsMixin"): (
+        "_make_ssl_transport", "start_tls", "sendfile", "_sendfile_native", "_sendfile_fallback",
+    ),
+    ("ferroloop._datagram", "DatagramMixin"): (
+        "create_datagram_endpoint", "_datagram_candidates", "_open_datagram_socket",
+        "_make_datagram_transport",
+    ),
+    ("ferroloop._pipes", "PipeMixin"): (
+        "_make_read_pipe_transport", "_make_write_pipe_transport", "connect_read_pipe",
+        "connect_write_pipe", "_finish_pipe_connect",
+        # from its base, ferroloop._subprocess.SubprocessMixin
+        "subprocess_shell", "subprocess_exec", "_start_subprocess", "_log_subprocess",
+        "_make_subprocess_transport",
+    ),
+}
+
+
+class _LoadedAtFirstUse:
+    """A name of a mixin in `_LATER`, on the class that uses it: the first lookup imports the
+    mixin and sets all of its names on the class, then answers as the class now does."""
+
+    __slots__ = ("owner", "name", "mixin")
+
+    def __init__(self, owner, name, mixin):
+        self.owner = owner
+        self.name = name
+        self.mixin = mixin
+
+    def __get__(self, obj, objtype=None):
+        module, cls_name = self.mixin
+        mixin = getattr(importlib.import_module(module), cls_name)
+        for name in _LATER[self.mixin]:
+            for klass in mixin.__mro__:
+                if name in vars(klass):
+                    setattr(self.owner, name, vars(klass)[name])
+                    break
+        value = vars(self.owner)[self.name]
+        return value.__get__(obj, objtype) if hasattr(value, "__get__") else value
+
+
 def _stop_when_done(fut):
     """Done callback of `run_until_complete`'s future: stops its loop, unless the future failed
     with KeyboardInterrupt or SystemExit, which propagate out of `run_forever` by themselves."""
@@ -62,7 +109,7 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMixin, SignalMixin, events.AbstractEventLoop):
+class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):
@@ -429,3 +476,9 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMix
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """A TCP or Unix stream transport (Rust) over the connected non-blocking `sock`."""
         return _core.StreamTransport._create(self, sock, protocol, waiter, extra, server)
+
+
+for _mixin, _names in _LATER.items():
+    for _name in _names:
+        setattr(Loop, _name, _LoadedAtFirstUse(Loop, _name, _mixin))
+del _mixin, _names, _name
