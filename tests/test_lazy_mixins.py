@@ -104,16 +104,60 @@ def test_every_later_name_is_one_its_mixin_provides():
         assert set(names) == provided, cls_name
 
 
-def test_a_subclass_override_wins_before_and_after_loading():
-    class Mine(ferroloop.Loop):
-        def start_tls(self, *args, **kwargs):
-            return "mine"
+def test_first_use_of_subprocesses_and_sendfile():
+    # A subprocess first (the pipe mixin, with the subprocess one it builds on), then
+    # loop.sendfile on a connection (the TLS mixin, which holds sendfile).
+    out = run_fresh(
+        "import asyncio, os, sys, tempfile, ferroloop\n"
+        "later = " + repr(LATER_MODULES) + "\n"
+        "def loaded(): return sorted(m for m in later if m in sys.modules)\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    proc = await asyncio.create_subprocess_exec(\n"
+        "        sys.executable, '-c', 'print(6 * 7)', stdout=asyncio.subprocess.PIPE)\n"
+        "    print((await proc.communicate())[0].strip(), loaded())\n"
+        "    got = []\n"
+        "    async def take(reader, writer):\n"
+        "        got.append(await reader.read()); writer.close()\n"
+        "    server = await asyncio.start_server(take, '127.0.0.1', 0)\n"
+        "    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())\n"
+        "    with tempfile.TemporaryFile() as f:\n"
+        "        f.write(b'x' * 100000); f.seek(0)\n"
+        "        sent = await loop.sendfile(writer.transport, f)\n"
+        "    writer.close(); await writer.wait_closed()\n"
+        "    server.close(); await server.wait_closed()\n"
+        "    print(sent, len(got[0]), loaded())\n"
+        "ferroloop.run(main())\n"
+    )
+    assert out.splitlines() == [
+        "b'42' ['ferroloop._pipes', 'ferroloop._subprocess']",
+        "100000 100000 ['ferroloop._pipes', 'ferroloop._subprocess', 'ferroloop._tls']",
+    ]
 
-    loop = Mine()
-    try:
-        assert loop.start_tls() == "mine"
-        load_all()
-        assert loop.start_tls() == "mine"
-        assert loop.sendfile.__func__ is TlsMixin.sendfile
-    finally:
-        loop.close()
+
+def test_a_subclass_override_wins_before_and_after_loading():
+    out = run_fresh(
+        "import sys, ferroloop\n"
+        "from ferroloop import _loop\n"
+        "class Mine(ferroloop.Loop):\n"
+        "    def start_tls(self, *args, **kwargs): return 'mine'\n"
+        "loop = Mine()\n"
+        "print(type(vars(ferroloop.Loop)['start_tls']).__name__, loop.start_tls())\n"
+        "print(loop.sendfile.__func__.__qualname__, loop.start_tls())\n"
+        "loop.close()\n"
+    )
+    assert out.splitlines() == ["_LoadedAtFirstUse mine", "TlsMixin.sendfile mine"]
+
+
+def test_a_name_patched_before_first_use_keeps_its_patch():
+    out = run_fresh(
+        "from unittest import mock\n"
+        "import ferroloop\n"
+        "loop = ferroloop.new_event_loop()\n"
+        "with mock.patch.object(ferroloop.Loop, 'start_tls', lambda self, *a: 'patched'):\n"
+        "    loop.sendfile  # loads the TLS mixin while start_tls is patched\n"
+        "    print(loop.start_tls())\n"
+        "print(loop.start_tls.__func__.__qualname__)\n"
+        "loop.close()\n"
+    )
+    assert out.splitlines() == ["patched", "TlsMixin.start_tls"]
