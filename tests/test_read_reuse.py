@@ -86,13 +86,14 @@ def exchange(loop, protocol, peer, sizes):
     """Sends messages of `sizes` one after another, each once the last has all arrived; returns
     everything sent."""
     sent = bytearray()
+    before = len(protocol.received)
 
     async def send_all():
         for size in sizes:
             message = os.urandom(size)
             await loop.sock_sendall(peer, message)
             sent.extend(message)
-            while len(protocol.received) < len(sent):
+            while len(protocol.received) - before < len(sent):
                 await asyncio.sleep(0)
 
     peer.setblocking(False)
