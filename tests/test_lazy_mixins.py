@@ -137,8 +137,7 @@ def test_first_use_of_subprocesses_and_sendfile():
 
 def test_a_subclass_override_wins_before_and_after_loading():
     out = run_fresh(
-        "import sys, ferroloop\n"
-        "from ferroloop import _loop\n"
+        "import ferroloop\n"
         "class Mine(ferroloop.Loop):\n"
         "    def start_tls(self, *args, **kwargs): return 'mine'\n"
         "loop = Mine()\n"
