@@ -13,6 +13,13 @@ machine the request rate is bound by the kernel and the client, so CPU per reque
 figure. Rounds are interleaved (round, case, loop, with the loop order rotated every round) and
 each figure is the median over rounds.
 
+This machine also switches between two speeds for minutes at a time (every loop's rate on a row
+at 32 connections drops or rises by some 25% together), so the median of a loop's five samples
+can fall on its slow ones while another loop's falls on its fast ones. The loops of one case in
+one round run back to back, within some 20 s, so they mostly meet the same speed: the report
+ends with ferroloop's rate over the better peer's taken round by round (`paired`), next to the
+ratio of the medians.
+
 `--pin CPU` runs the server and the client on that one CPU. With one connection, each request
 then costs a context switch instead of waking an idle CPU: on this 2-core virtual machine that
 wake-up is most of a round trip, so the unpinned one-connection rows rank loops by how often
@@ -179,7 +186,32 @@ def report(results, loops, markdown):
                 lines.append("| " + " | ".join(cells) + " |")
             else:
                 lines.append("  ".join(f"{c:>14}" for c in cells))
+    paired = paired_ratios(results)
+    if paired:
+        lines.append("")
+        lines.append("ferroloop's rate over the better peer's: ratio of the medians; median of the rounds' ratios (each round's)")
+        for case, (of_medians, per_round) in paired.items():
+            rounds = " ".join(f"{r:.2f}" for r in per_round)
+            lines.append(f"{case}: {of_medians:.2f}x; paired {statistics.median(per_round):.2f}x ({rounds})")
     return "\n".join(lines)
+
+
+def paired_ratios(results, peers=("uvloop", "rloop")):
+    """Per case, ferroloop's rate over the better peer's: the ratio of the medians, and the ratio
+    in each round where ferroloop and a peer both have a sample."""
+    out = {}
+    for case, per_loop in results.items():
+        ours = {s["round"]: s["rps"] for s in per_loop.get("ferroloop", [])}
+        theirs = {}
+        for peer in peers:
+            for s in per_loop.get(peer, []):
+                theirs[s["round"]] = max(theirs.get(s["round"], 0), s["rps"])
+        per_round = [ours[r] / theirs[r] for r in sorted(ours) if theirs.get(r)]
+        if not per_round:
+            continue
+        best = max(statistics.median(s["rps"] for s in per_loop[p]) for p in peers if per_loop.get(p))
+        out[case] = (statistics.median(ours.values()) / best, per_round)
+    return out
 
 
 def main():
@@ -206,6 +238,7 @@ def main():
                 except Exception as exc:  # one failed sample is reported, the run goes on
                     print(f"round {rnd + 1} {case} {loop}: FAILED {exc}", file=sys.stderr)
                     continue
+                s["round"] = rnd
                 results[case].setdefault(loop, []).append(s)
                 print(f"round {rnd + 1} {case} {loop}: {s['rps']:.0f}/s user {s['user_us']:.1f} µs", file=sys.stderr)
     if args.json:
