@@ -20,6 +20,7 @@ use specs the placeholder, which is not callable (look the name up once first).
 
 import concurrent.futures
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -98,10 +99,7 @@ class _LoadedAtFirstUse:
             # A name patched meanwhile (unittest.mock, monkeypatch) keeps its patch.
             if not isinstance(vars(self.owner).get(name), _LoadedAtFirstUse):
                 continue
-            for klass in mixin.__mro__:
-                if name in vars(klass):
-                    setattr(self.owner, name, vars(klass)[name])
-                    break
+            setattr(self.owner, name, inspect.getattr_static(mixin, name))
         value = vars(self.owner)[self.name]
         return value.__get__(obj, objtype) if hasattr(value, "__get__") else value
 
