@@ -27,6 +27,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 from asyncio import trsock
 
 import pytest
@@ -1612,6 +1614,38 @@ def test_unclosed_transport_warning_names_the_transport_as_its_source(loop, unix
         del transport
         gc.collect()
     assert isinstance(caught[0].source, asyncio.Transport)
+
+
+# A program that leaves a server's connection open when it ends: the transport is finalized
+# while the interpreter shuts down, after imports have stopped working.
+LEFT_OPEN_AT_EXIT = """
+import asyncio, sys, ferroloop
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.05)
+    writer.close()
+
+loop = ferroloop.new_event_loop()  # a global: finalized with the module, at shutdown
+loop.run_until_complete(main())
+"""
+
+
+@pytest.mark.parametrize("warnings_flag", [[], ["-W", "always::ResourceWarning"]])
+def test_transport_left_open_at_exit_warns_as_stock(warnings_flag):
+    result = subprocess.run(
+        [sys.executable, *warnings_flag, "-c", LEFT_OPEN_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr
+    assert "Error" not in result.stderr
+    shown = re.search(r"ResourceWarning: unclosed transport <StreamTransport", result.stderr)
+    assert bool(shown) == bool(warnings_flag), result.stderr
 
 
 def open_fds():

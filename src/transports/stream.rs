@@ -28,13 +28,14 @@
 //! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
 //! every protocol method may call back into the transport.
 
+use std::ffi::CString;
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
 use pyo3::exceptions::{
-    PyConnectionError, PyKeyboardInterrupt, PyOSError, PyResourceWarning, PyRuntimeError,
-    PySystemExit, PyTypeError, PyValueError,
+    PyConnectionError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError,
+    PyValueError,
 };
 use pyo3::ffi;
 use pyo3::intern;
@@ -1166,18 +1167,17 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     let pending = PyErr::take(py);
     let this = slf.get();
     if this.state.borrow(py).sock.is_some() {
-        let message = format!("unclosed transport {}", this.repr_text(py));
-        let warned = py.import("warnings").and_then(|w| {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("source", &slf)?;
-            w.call_method(
-                "warn",
-                (message, py.get_type::<PyResourceWarning>()),
-                Some(&kwargs),
-            )
-        });
-        if let Err(err) = warned {
-            err.write_unraisable(py, Some(&slf));
+        // Through the C API, which takes the `warnings` module from `sys.modules` as the stock
+        // transport's `_warn=warnings.warn` default does: a transport still open when the
+        // interpreter exits is finalized after imports stop working, and `import warnings`
+        // then failed with an ImportError printed as "Exception ignored".
+        let message =
+            CString::new(format!("unclosed transport {}", this.repr_text(py))).unwrap_or_default();
+        // SAFETY: the GIL is held, `obj` is live, and the format takes one C string, given.
+        let warned =
+            unsafe { ffi::PyErr_ResourceWarning(obj, 1, c"%s".as_ptr(), message.as_ptr()) };
+        if warned < 0 {
+            PyErr::fetch(py).write_unraisable(py, Some(&slf));
         }
         let sock = this.state.borrow_mut(py).sock.take();
         if let Some(sock) = sock {
