@@ -6,6 +6,7 @@ ferroloop only: the stock loop has no such setting."""
 
 import asyncio
 import os
+import signal
 import socket
 import threading
 import time
@@ -169,3 +170,54 @@ def test_a_spinning_wait_lets_other_threads_run(ferro_loop):
     ping_pong(ferro_loop, 500)
     assert time.monotonic() - start < 20
     assert ferro_loop._spin_window() > 0
+
+
+
+def test_a_signal_during_the_spin_is_handled_before_the_loop_sleeps(ferro_loop):
+    """A program that gave `signal.set_wakeup_fd` an fd of its own: a signal that arrives while
+    the loop polls before sleeping writes there, not to the loop's socket, and interrupts no
+    blocking call. Its Python handler must still run before the loop goes to sleep, as it does
+    when the signal interrupts a blocking wait; it used to wait for the loop's next event.
+
+    A thread sends bytes 50 ms apart, which opens the window past 50 ms (each wait an event
+    ends doubles it), then signals the main thread 10 ms after the last byte, while it polls."""
+    loop = ferro_loop
+    loop._set_spin_limit(1_000_000)
+    theirs_r, theirs_w = socket.socketpair()
+    ours, peer = socket.socketpair()
+    for s in (theirs_w, ours):
+        s.setblocking(False)
+    handled, sent = [], []
+    main_thread = threading.main_thread().ident
+
+    def feed():
+        for _ in range(20):
+            time.sleep(0.05)
+            peer.send(b"x")
+        time.sleep(0.01)
+        sent.append(time.monotonic())
+        signal.pthread_kill(main_thread, signal.SIGUSR1)
+
+    thread = threading.Thread(target=feed)
+
+    async def main():
+        signal.set_wakeup_fd(theirs_w.fileno(), warn_on_full_buffer=False)
+        thread.start()
+        for _ in range(20):
+            assert await loop.sock_recv(ours, 1) == b"x"
+        window = loop._spin_window()
+        # Nothing else happens before this sleep ends: the old code ran the handler only then.
+        await asyncio.sleep(3)
+        return window
+
+    old_handler = signal.signal(signal.SIGUSR1, lambda *_: handled.append(time.monotonic()))
+    try:
+        window = loop.run_until_complete(main())
+    finally:
+        thread.join()
+        signal.signal(signal.SIGUSR1, old_handler)
+        for s in (theirs_r, theirs_w, ours, peer):
+            s.close()
+    assert window > 50_000
+    assert len(handled) == 1
+    assert handled[0] - sent[0] < 1.5

@@ -30,7 +30,7 @@ use pyo3::types::PyBytes;
 use super::handle::Handle;
 use super::{closed_error, current_thread_id, hooks, os_error, LoopCore, LoopState, SIGNAL_TOKEN};
 use crate::core::clock;
-use crate::core::poller::{Event, Poller};
+use crate::core::poller::{Event, Poller, Spun};
 
 const MIN_SCHEDULED_TIMERS: usize = 100;
 const MIN_CANCELLED_FRACTION: f64 = 0.5;
@@ -163,6 +163,12 @@ fn plan_wait(st: &LoopState) -> Wait {
 
 /// Waits, releasing the GIL unless the wait cannot block. Returns the events and whether a signal
 /// arrived.
+///
+/// Between a spin that found nothing and the blocking wait, the GIL is taken back to run the
+/// Python handlers of signals that came during the spin. Such a signal interrupts no blocking
+/// call, and when the program has given `signal.set_wakeup_fd` an fd of its own (not the loop's
+/// socket) nothing the loop waits on becomes ready either: without this check its handler (a
+/// KeyboardInterrupt) would wait for the loop's next event.
 fn wait(
     py: Python<'_>,
     poller: &Poller,
@@ -172,7 +178,22 @@ fn wait(
     let result = if timeout == Some(Duration::ZERO) {
         poller.wait(events, timeout)
     } else {
-        py.detach(|| poller.wait(events, timeout))
+        let spun = py.detach(|| match poller.spin(events, timeout)? {
+            Spun::Quiet {
+                since,
+                polled: false,
+            } => poller.block(events, timeout, since).map(|()| None),
+            Spun::Quiet { since, .. } => Ok(Some(since)),
+            Spun::Done => Ok(None),
+        });
+        match spun {
+            Ok(Some(since)) => {
+                py.check_signals()?;
+                py.detach(|| poller.block(events, timeout, since))
+            }
+            Ok(None) => Ok(()),
+            Err(err) => Err(err),
+        }
     };
     match result {
         Ok(()) => Ok(false),

@@ -146,13 +146,73 @@ impl Poller {
     /// never rounded down: a wait never returns early because of rounding. A wait that may block
     /// first polls for the spin window (`spin.rs`).
     pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        match self.spin(events, timeout)? {
+            Spun::Done => Ok(()),
+            Spun::Quiet { since, .. } => self.block(events, timeout, since),
+        }
+    }
+
+    /// A wait's first part: with a zero time-out, the one poll that is the whole wait; else
+    /// polling for the spin window. `Spun::Quiet` means the rest of the wait is `block`'s.
+    pub fn spin(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<Spun> {
         events.clear();
         let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
         if timeout == Some(Duration::ZERO) {
             self.selector.wait(events, timeout)?;
-        } else {
-            self.spin_then_block(events, timeout)?;
+            self.take_waker_events(events);
+            return Ok(Spun::Done);
         }
+        let window = self.spin.window(timeout);
+        if window.is_zero() {
+            return Ok(Spun::Quiet {
+                since: Instant::now(),
+                polled: false,
+            });
+        }
+        // The first poll reads no clock: on a busy loop it usually finds an event.
+        self.selector.wait(events, Some(Duration::ZERO))?;
+        if !events.is_empty() {
+            self.take_waker_events(events);
+            return Ok(Spun::Done);
+        }
+        let since = Instant::now();
+        loop {
+            // Lets another thread that is ready to run on this CPU have it: the peer we wait
+            // for may be that thread, and spinning would only hold it back.
+            // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+            unsafe { libc::sched_yield() };
+            self.selector.wait(events, Some(Duration::ZERO))?;
+            if !events.is_empty() {
+                self.take_waker_events(events);
+                return Ok(Spun::Done);
+            }
+            if since.elapsed() >= window {
+                return Ok(Spun::Quiet {
+                    since,
+                    polled: true,
+                });
+            }
+        }
+    }
+
+    /// A wait's second part, after a `spin` that found nothing from `since`: blocks for the
+    /// rest of the time-out, and lets the spin policy learn from the wait.
+    pub fn block(
+        &self,
+        events: &mut Vec<Event>,
+        timeout: Option<Duration>,
+        since: Instant,
+    ) -> io::Result<()> {
+        let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
+        let rest = timeout.map(|t| t.saturating_sub(since.elapsed()));
+        self.selector.wait(events, rest)?;
+        self.spin.learn(since.elapsed(), !events.is_empty());
+        self.take_waker_events(events);
+        Ok(())
+    }
+
+    /// Removes the waker's event from `events`, resetting the waker if it was there.
+    fn take_waker_events(&self, events: &mut Vec<Event>) {
         let mut woken = false;
         events.retain(|e| {
             let is_waker = e.token == WAKER_TOKEN;
@@ -162,45 +222,17 @@ impl Poller {
         if woken {
             self.waker.reset();
         }
-        Ok(())
     }
+}
 
-    /// Polls until an event comes or the spin window ends, then blocks for the rest of the
-    /// time-out, and lets the spin policy learn from a wait the spin did not end.
-    fn spin_then_block(
-        &self,
-        events: &mut Vec<Event>,
-        timeout: Option<Duration>,
-    ) -> io::Result<()> {
-        let window = self.spin.window(timeout);
-        let start = if window.is_zero() {
-            Instant::now()
-        } else {
-            // The first poll reads no clock: on a busy loop it usually finds an event.
-            self.selector.wait(events, Some(Duration::ZERO))?;
-            if !events.is_empty() {
-                return Ok(());
-            }
-            let start = Instant::now();
-            loop {
-                // Lets another thread that is ready to run on this CPU have it: the peer we
-                // wait for may be that thread, and spinning would only hold it back.
-                // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
-                unsafe { libc::sched_yield() };
-                self.selector.wait(events, Some(Duration::ZERO))?;
-                if !events.is_empty() {
-                    return Ok(());
-                }
-                if start.elapsed() >= window {
-                    break start;
-                }
-            }
-        };
-        let rest = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        self.selector.wait(events, rest)?;
-        self.spin.learn(start.elapsed(), !events.is_empty());
-        Ok(())
-    }
+/// How a wait's `spin` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spun {
+    /// The wait is over (an event came, or the time-out was zero).
+    Done,
+    /// Nothing came; `block` waits on. `polled`: whether the spin polled at all (its window was
+    /// open), so that signals may have arrived during it without ending a blocking call.
+    Quiet { since: Instant, polled: bool },
 }
 
 #[cfg(test)]
