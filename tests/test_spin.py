@@ -172,7 +172,6 @@ def test_a_spinning_wait_lets_other_threads_run(ferro_loop):
     assert ferro_loop._spin_window() > 0
 
 
-
 def test_a_signal_during_the_spin_is_handled_before_the_loop_sleeps(ferro_loop):
     """A program that gave `signal.set_wakeup_fd` an fd of its own: a signal that arrives while
     the loop polls before sleeping writes there, not to the loop's socket, and interrupts no

@@ -1619,7 +1619,7 @@ def test_unclosed_transport_warning_names_the_transport_as_its_source(loop, unix
 # A program that leaves a server's connection open when it ends: the transport is finalized
 # while the interpreter shuts down, after imports have stopped working.
 LEFT_OPEN_AT_EXIT = """
-import asyncio, sys, ferroloop
+import asyncio, ferroloop
 
 async def main():
     server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)

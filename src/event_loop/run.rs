@@ -179,20 +179,16 @@ fn wait(
         poller.wait(events, timeout)
     } else {
         let spun = py.detach(|| match poller.spin(events, timeout)? {
-            Spun::Quiet {
-                since,
-                polled: false,
-            } => poller.block(events, timeout, since).map(|()| None),
-            Spun::Quiet { since, .. } => Ok(Some(since)),
+            Spun::Quiet(rest) if !rest.polled => poller.block(events, rest).map(|()| None),
+            Spun::Quiet(rest) => Ok(Some(rest)),
             Spun::Done => Ok(None),
         });
         match spun {
-            Ok(Some(since)) => {
+            Ok(Some(rest)) => {
                 py.check_signals()?;
-                py.detach(|| poller.block(events, timeout, since))
+                py.detach(|| poller.block(events, rest))
             }
-            Ok(None) => Ok(()),
-            Err(err) => Err(err),
+            other => other.map(|_| ()),
         }
     };
     match result {

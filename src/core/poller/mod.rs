@@ -148,7 +148,7 @@ impl Poller {
     pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         match self.spin(events, timeout)? {
             Spun::Done => Ok(()),
-            Spun::Quiet { since, .. } => self.block(events, timeout, since),
+            Spun::Quiet(rest) => self.block(events, rest),
         }
     }
 
@@ -164,10 +164,11 @@ impl Poller {
         }
         let window = self.spin.window(timeout);
         if window.is_zero() {
-            return Ok(Spun::Quiet {
+            return Ok(Spun::Quiet(Rest {
                 since: Instant::now(),
+                timeout,
                 polled: false,
-            });
+            }));
         }
         // The first poll reads no clock: on a busy loop it usually finds an event.
         self.selector.wait(events, Some(Duration::ZERO))?;
@@ -187,25 +188,21 @@ impl Poller {
                 return Ok(Spun::Done);
             }
             if since.elapsed() >= window {
-                return Ok(Spun::Quiet {
+                return Ok(Spun::Quiet(Rest {
                     since,
+                    timeout,
                     polled: true,
-                });
+                }));
             }
         }
     }
 
-    /// A wait's second part, after a `spin` that found nothing from `since`: blocks for the
-    /// rest of the time-out, and lets the spin policy learn from the wait.
-    pub fn block(
-        &self,
-        events: &mut Vec<Event>,
-        timeout: Option<Duration>,
-        since: Instant,
-    ) -> io::Result<()> {
-        let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
-        let rest = timeout.map(|t| t.saturating_sub(since.elapsed()));
-        self.selector.wait(events, rest)?;
+    /// A wait's second part, after a `spin` that found nothing: blocks for the rest of the
+    /// time-out, and lets the spin policy learn from the wait.
+    pub fn block(&self, events: &mut Vec<Event>, rest: Rest) -> io::Result<()> {
+        let Rest { since, timeout, .. } = rest;
+        self.selector
+            .wait(events, timeout.map(|t| t.saturating_sub(since.elapsed())))?;
         self.spin.learn(since.elapsed(), !events.is_empty());
         self.take_waker_events(events);
         Ok(())
@@ -230,9 +227,20 @@ impl Poller {
 pub enum Spun {
     /// The wait is over (an event came, or the time-out was zero).
     Done,
-    /// Nothing came; `block` waits on. `polled`: whether the spin polled at all (its window was
-    /// open), so that signals may have arrived during it without ending a blocking call.
-    Quiet { since: Instant, polled: bool },
+    /// Nothing came; `block` waits on.
+    Quiet(Rest),
+}
+
+/// What is left of a wait whose spin found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rest {
+    /// When the spin began: the wait's time-out counts from here.
+    since: Instant,
+    /// The wait's time-out, capped at `MAX_TIMEOUT`.
+    timeout: Option<Duration>,
+    /// Whether the spin polled at all (its window was open), so that a signal may have come
+    /// during it without ending a blocking call.
+    pub polled: bool,
 }
 
 #[cfg(test)]
