@@ -435,7 +435,7 @@ impl<'py> Filling<'py> {
         unsafe {
             set_size(object, len);
             let bytes = object.cast::<ffi::PyBytesObject>();
-            *ffi::PyBytes_AsString(object).add(len) = 0;
+            *ffi::PyBytes_AS_STRING(object).cast_mut().add(len) = 0;
             #[allow(deprecated)]
             {
                 (*bytes).ob_shash = -1;
@@ -462,7 +462,10 @@ impl<'py> Filling<'py> {
         // SAFETY: `object` is a live `bytes` of `len` bytes that only we reference; u8 has no
         // invalid values, so viewing uninitialised storage as bytes to overwrite it is sound.
         unsafe {
-            std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(self.object).cast(), self.len)
+            std::slice::from_raw_parts_mut(
+                ffi::PyBytes_AS_STRING(self.object).cast_mut().cast(),
+                self.len,
+            )
         }
     }
 
@@ -504,7 +507,7 @@ impl<'py> Filling<'py> {
         // `offset <= len`, so `start` points inside its storage, `len - offset` bytes before
         // its end.
         unsafe {
-            let start = ffi::PyBytes_AsString(self.object).add(offset);
+            let start = ffi::PyBytes_AS_STRING(self.object).cast_mut().add(offset);
             recv_raw(self.py, fd, start.cast(), self.len - offset)
         }
     }

@@ -58,6 +58,10 @@ impl Flags {
     /// It shows as the bound `_read_ready` (`_write_ready`) wherever the callback is seen.
     pub const NATIVE_READ: u8 = 16;
     pub const NATIVE_WRITE: u8 = 32;
+    /// Known to be tracked by the garbage collector, which untracks a handle only when it is
+    /// freed: `track_if_held` needs no call into CPython to ask again (a reader's handle leaves
+    /// the queue after every event, and that call read the GC header, a line nothing else uses).
+    const TRACKED: u8 = 64;
 
     fn new(bits: u8) -> Flags {
         Flags(AtomicU8::new(bits))
@@ -217,8 +221,11 @@ impl<'py> NewHandle<'py> {
                 if !freelist::born_untracked() {
                     ffi::PyObject_GC_UnTrack(ptr.cast());
                 }
-            } else if ffi::PyObject_GC_IsTracked(ptr) == 0 {
-                ffi::PyObject_GC_Track(ptr.cast());
+            } else {
+                if ffi::PyObject_GC_IsTracked(ptr) == 0 {
+                    ffi::PyObject_GC_Track(ptr.cast());
+                }
+                handle.get().flags.set(Flags::TRACKED);
             }
         }
         Ok(handle)
@@ -249,11 +256,15 @@ impl Handle {
     /// knows of (its own `Bound` included).
     pub fn track_if_held(slf: &Bound<'_, Handle>, ours: isize) {
         let ptr = slf.as_ptr();
+        let flags = &slf.get().flags;
         // SAFETY: `ptr` is a live object (the Bound holds a reference) of a GC type; tracking it
         // only when it is untracked is what PyObject_GC_Track requires.
         unsafe {
-            if ffi::Py_REFCNT(ptr) > ours && ffi::PyObject_GC_IsTracked(ptr) == 0 {
-                ffi::PyObject_GC_Track(ptr.cast());
+            if ffi::Py_REFCNT(ptr) > ours && !flags.has(Flags::TRACKED) {
+                if ffi::PyObject_GC_IsTracked(ptr) == 0 {
+                    ffi::PyObject_GC_Track(ptr.cast());
+                }
+                flags.set(Flags::TRACKED);
             }
         }
     }
