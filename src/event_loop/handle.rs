@@ -296,6 +296,7 @@ impl Handle {
     /// Runs the callback in its context. `Ok` also when the callback raised and the error went
     /// to the exception handler; `Err` for `KeyboardInterrupt`, `SystemExit`, or an error raised
     /// by the exception handler itself.
+    #[inline(always)]
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();

@@ -138,6 +138,7 @@ pub(crate) fn os_error(err: std::io::Error) -> PyErr {
 
 /// Runs `op` again after a signal interrupts it, running the Python signal handlers first (as
 /// Python's own socket methods do, PEP 475); a handler's exception propagates.
+#[inline(always)]
 pub(crate) fn retry_eintr<T>(
     py: Python<'_>,
     mut op: impl FnMut() -> std::io::Result<T>,

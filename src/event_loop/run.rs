@@ -386,6 +386,7 @@ pub fn prefetch(ptr: *const u8) {
 }
 
 /// Runs one handle of this iteration (skipping a cancelled one), then lets the queue go of it.
+#[inline(always)]
 fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
     let this = slf.get();
     let result = if handle.get().is_cancelled() {

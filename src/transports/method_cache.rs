@@ -216,10 +216,18 @@ pub fn call_method1<'py>(
         return obj.call_method1(name, (arg,));
     };
     let args = [obj.as_ptr(), arg.as_ptr()];
-    // SAFETY: `function` is a live function object and `args` two live borrowed references for
-    // the duration of the call; the result is a new reference or NULL with an exception set.
+    let f = function.as_ptr();
+    // SAFETY: `function` is a live Python function (the cache keeps nothing else, and only on
+    // 3.11, whose `PyFunctionObject` layout PyO3 declares) and `args` two live borrowed
+    // references for the duration of the call; the result is a new reference or NULL with an
+    // exception set. The function's own vectorcall slot is what `PyObject_Vectorcall` would
+    // call; called here, that function's frame is one fewer to return through after the
+    // protocol's write (see `core::sys`).
     unsafe {
-        let result = ffi::PyObject_Vectorcall(function.as_ptr(), args.as_ptr(), 2, ptr::null_mut());
+        let result = match (*f.cast::<ffi::PyFunctionObject>()).vectorcall {
+            Some(vectorcall) => vectorcall(f, args.as_ptr(), 2, ptr::null_mut()),
+            None => ffi::PyObject_Vectorcall(f, args.as_ptr(), 2, ptr::null_mut()),
+        };
         Bound::from_owned_ptr_or_err(py, result)
     }
 }

@@ -393,6 +393,7 @@ impl StreamTransport {
     }
 
     /// One `recv` for the plain protocol: the bytes, end of stream, or nothing yet.
+    #[inline(always)]
     fn read_bytes<'py>(
         &self,
         py: Python<'py>,
@@ -473,16 +474,16 @@ impl StreamTransport {
         }
     }
 
-    /// What follows a read of either kind: `deliver` hands what arrived to the protocol (its
-    /// failure is reported with `message`), end of stream goes to `on_eof`, a read error is fatal.
-    fn after_read<'py, T>(
-        slf: &Bound<'py, Self>,
-        outcome: ReadOutcome<T>,
-        deliver: impl FnOnce(T) -> PyResult<Bound<'py, PyAny>>,
+    /// What follows a read of either kind, once what arrived went to the protocol: the failure of
+    /// that call is reported with `message`, end of stream goes to `on_eof`, a read error is fatal.
+    #[inline(always)]
+    fn after_read(
+        slf: &Bound<'_, Self>,
+        delivered: ReadOutcome<PyResult<Bound<'_, PyAny>>>,
         message: &str,
     ) -> PyResult<()> {
-        match outcome {
-            ReadOutcome::Got(got) => Self::protocol_call_result(slf, deliver(got), message),
+        match delivered {
+            ReadOutcome::Got(result) => Self::protocol_call_result(slf, result, message),
             ReadOutcome::Eof => Self::on_eof(slf),
             ReadOutcome::WouldBlock => Ok(()),
             ReadOutcome::Failed(err) => {
@@ -492,6 +493,7 @@ impl StreamTransport {
     }
 
     /// The data of a `write`: sent at once if nothing waits, the rest buffered.
+    #[inline(always)]
     fn write_slice(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -716,6 +718,7 @@ impl StreamTransport {
     }
 
     /// The fd's reader: one read, handed to the protocol.
+    #[inline(always)]
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -730,11 +733,11 @@ impl StreamTransport {
             }
         };
         if !buffered {
-            let outcome = this.read_bytes(py, &event_loop)?;
-            return Self::after_read(
-                slf,
-                outcome,
-                |data| {
+            // A match, not a closure handed to `after_read`: the compiler kept such a closure
+            // out of line, one more frame to return through after the protocol's write (see
+            // `core::sys`).
+            let delivered = match this.read_bytes(py, &event_loop)? {
+                ReadOutcome::Got(data) => {
                     let result = method_cache::call_method1(
                         &this.methods.data_received,
                         &protocol,
@@ -742,8 +745,15 @@ impl StreamTransport {
                         data.bytes(),
                     );
                     data.give_back(event_loop.get().read_spare());
-                    result
-                },
+                    ReadOutcome::Got(result)
+                }
+                ReadOutcome::Eof => ReadOutcome::Eof,
+                ReadOutcome::WouldBlock => ReadOutcome::WouldBlock,
+                ReadOutcome::Failed(err) => ReadOutcome::Failed(err),
+            };
+            return Self::after_read(
+                slf,
+                delivered,
                 "Fatal error: protocol.data_received() call failed.",
             );
         }
@@ -773,19 +783,23 @@ impl StreamTransport {
                 )
             }
         };
-        let outcome = this.read_into(py, &buf)?;
-        Self::after_read(
-            slf,
-            outcome,
-            |n| {
+        let delivered = match this.read_into(py, &buf)? {
+            ReadOutcome::Got(n) => {
                 let Ok(n) = n.into_pyobject(py);
-                method_cache::call_method1(
+                ReadOutcome::Got(method_cache::call_method1(
                     &this.methods.buffer_updated,
                     &protocol,
                     intern!(py, "buffer_updated"),
                     &n,
-                )
-            },
+                ))
+            }
+            ReadOutcome::Eof => ReadOutcome::Eof,
+            ReadOutcome::WouldBlock => ReadOutcome::WouldBlock,
+            ReadOutcome::Failed(err) => ReadOutcome::Failed(err),
+        };
+        Self::after_read(
+            slf,
+            delivered,
             "Fatal error: protocol.buffer_updated() call failed.",
         )
     }
@@ -850,6 +864,7 @@ impl StreamTransport {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         check_bytes_like(data)?;
@@ -1243,6 +1258,7 @@ fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
 /// A transport's read (or write) step, run by `Handle::run` for a handle marked
 /// `NATIVE_READ`/`NATIVE_WRITE`: a new reference to `None`, or NULL with the exception set, as a
 /// call through the C API would give.
+#[inline(always)]
 pub fn run_step(transport: &Bound<'_, PyAny>, writer: bool) -> *mut ffi::PyObject {
     let py = transport.py();
     let outcome = match transport.cast::<StreamTransport>() {
