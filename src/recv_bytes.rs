@@ -106,6 +106,7 @@ impl ReadGuesses {
 
 /// As `recv_bytes(fd, max)`, sized by `*guess`, what the previous reads suggest; `*guess`
 /// becomes twice what arrived, for the next read.
+#[inline(always)]
 pub fn recv_bytes_guessing<'py>(
     py: Python<'py>,
     fd: RawFd,

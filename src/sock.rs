@@ -105,6 +105,7 @@ const GUESSED_MAX: usize = 256 * 1024;
 /// On a stream socket the read is sized by what the previous one brought
 /// (`recv_bytes::ReadGuesses`); on any other kind it is `n`, as a datagram longer than the
 /// buffer would be cut.
+#[inline(always)]
 fn recv_now<'py>(
     event_loop: &Bound<'py, LoopCore>,
     fd: RawFd,
@@ -129,6 +130,7 @@ fn recv_now<'py>(
 }
 
 /// Sends from `data[sent..]` until done or the kernel would block; returns the new position.
+#[inline(always)]
 fn send_now(py: Python<'_>, fd: RawFd, data: &[u8], mut sent: usize) -> PyResult<usize> {
     while sent < data.len() {
         match sys::send(fd, &data[sent..]) {
