@@ -46,10 +46,10 @@ pub fn nonblocking_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 #[inline(always)]
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     // SAFETY: `data` is a valid readable buffer of `data.len()` bytes; no address is given.
-    unsafe {
-        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-        return inline_syscall(
+    return unsafe {
+        inline_syscall(
             libc::SYS_sendto,
             [
                 fd as usize,
@@ -59,10 +59,11 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
                 0,
                 0,
             ],
-        );
-        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-        return syscall!(send(fd, data.as_ptr().cast(), data.len(), flags)).map(|n| n as usize);
-    }
+        )
+    };
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
+    return syscall!(send(fd, data.as_ptr().cast(), data.len(), flags)).map(|n| n as usize);
 }
 
 /// Receives at most `len` bytes into `buf` without blocking, even on a blocking socket; `Ok(0)`
@@ -73,16 +74,17 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 #[inline(always)]
 pub unsafe fn recv_raw(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
     let flags = libc::MSG_DONTWAIT;
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     // SAFETY: per the contract, the kernel may write `len` bytes at `buf`; no address is asked.
-    unsafe {
-        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-        return inline_syscall(
+    return unsafe {
+        inline_syscall(
             libc::SYS_recvfrom,
             [fd as usize, buf as usize, len, flags as usize, 0, 0],
-        );
-        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-        return syscall!(recv(fd, buf.cast(), len, flags)).map(|n| n as usize);
-    }
+        )
+    };
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    // SAFETY: per the contract, the kernel may write `len` bytes at `buf`.
+    return syscall!(recv(fd, buf.cast(), len, flags)).map(|n| n as usize);
 }
 
 /// Receives at most `buf.len()` bytes without blocking, even on a blocking socket; `Ok(0)` is
