@@ -138,6 +138,18 @@ impl<T> ReadOutcome<T> {
             Ok(Err(e)) => ReadOutcome::Failed(os_error(e)),
         })
     }
+
+    /// What arrived, or the outcome of a read that brought nothing, ready to stand for the
+    /// result of handing what arrived to the protocol (`after_read`'s input).
+    #[inline(always)]
+    fn got<U>(self) -> Result<T, ReadOutcome<U>> {
+        match self {
+            ReadOutcome::Got(got) => Ok(got),
+            ReadOutcome::Eof => Err(ReadOutcome::Eof),
+            ReadOutcome::WouldBlock => Err(ReadOutcome::WouldBlock),
+            ReadOutcome::Failed(err) => Err(ReadOutcome::Failed(err)),
+        }
+    }
 }
 
 fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
@@ -736,8 +748,8 @@ impl StreamTransport {
             // A match, not a closure handed to `after_read`: the compiler kept such a closure
             // out of line, one more frame to return through after the protocol's write (see
             // `core::sys`).
-            let delivered = match this.read_bytes(py, &event_loop)? {
-                ReadOutcome::Got(data) => {
+            let delivered = match this.read_bytes(py, &event_loop)?.got() {
+                Ok(data) => {
                     let result = method_cache::call_method1(
                         &this.methods.data_received,
                         &protocol,
@@ -747,9 +759,7 @@ impl StreamTransport {
                     data.give_back(event_loop.get().read_spare());
                     ReadOutcome::Got(result)
                 }
-                ReadOutcome::Eof => ReadOutcome::Eof,
-                ReadOutcome::WouldBlock => ReadOutcome::WouldBlock,
-                ReadOutcome::Failed(err) => ReadOutcome::Failed(err),
+                Err(nothing) => nothing,
             };
             return Self::after_read(
                 slf,
@@ -783,8 +793,8 @@ impl StreamTransport {
                 )
             }
         };
-        let delivered = match this.read_into(py, &buf)? {
-            ReadOutcome::Got(n) => {
+        let delivered = match this.read_into(py, &buf)?.got() {
+            Ok(n) => {
                 let Ok(n) = n.into_pyobject(py);
                 ReadOutcome::Got(method_cache::call_method1(
                     &this.methods.buffer_updated,
@@ -793,9 +803,7 @@ impl StreamTransport {
                     &n,
                 ))
             }
-            ReadOutcome::Eof => ReadOutcome::Eof,
-            ReadOutcome::WouldBlock => ReadOutcome::WouldBlock,
-            ReadOutcome::Failed(err) => ReadOutcome::Failed(err),
+            Err(nothing) => nothing,
         };
         Self::after_read(
             slf,
