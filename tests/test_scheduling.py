@@ -2,9 +2,12 @@
 
 Reference: CPython 3.11 asyncio (base_events.BaseEventLoop._run_once, events.Handle)."""
 
+import asyncio
 import contextvars
+import gc
 import socket
 import time
+import weakref
 
 import pytest
 
@@ -447,3 +450,34 @@ class TestRepr:
         h = loop.call_soon(print)
         assert repr(h) == "<Handle print()>"
         h.cancel()
+
+
+# -- weak references -------------------------------------------------------------------------
+
+
+def test_handles_accept_weak_references(loop):
+    handle = loop.call_soon(lambda: None)
+    timer = loop.call_later(10, lambda: None)
+    refs = [weakref.ref(handle), weakref.ref(timer)]
+    bag = weakref.WeakSet([handle, timer])
+    table = weakref.WeakValueDictionary(h=handle, t=timer)
+    assert [r() for r in refs] == [handle, timer] and len(bag) == 2 and len(table) == 2
+    timer.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    del handle, timer
+    gc.collect()
+    assert [r() for r in refs] == [None, None] and len(bag) == 0 and len(table) == 0
+
+
+def test_a_recycled_handle_has_no_weak_reference(ferro_loop):
+    loop = ferro_loop
+    dead = []
+    for _ in range(100):
+        handle = loop.call_soon(lambda: None)
+        dead.append(weakref.ref(handle, lambda r: None))
+        del handle
+    loop.run_until_complete(asyncio.sleep(0))
+    fresh = [loop.call_soon(lambda: None) for _ in range(100)]
+    assert all(weakref.getweakrefcount(h) == 0 for h in fresh)
+    assert all(r() is None for r in dead)
+    loop.run_until_complete(asyncio.sleep(0))

@@ -11,9 +11,11 @@
 //! them to decide when to compact the heap. A handle created in debug mode keeps the stack where
 //! it was created (`_source_traceback`) and, once cancelled, its repr from before the cancel.
 //!
-//! Handles are kept small (a million may be queued): no borrow flag, no weak-reference slot,
-//! debug-only data out of line, and only timers (the subclass) hold a deadline and the
-//! `LoopShared` pointer.
+//! Handles are kept small (a million may be queued): no borrow flag, debug-only data out of
+//! line, and only timers (the subclass) hold a deadline and the `LoopShared` pointer. They do
+//! accept weak references (`weakref.ref`, `WeakSet`), as the stock handles do: one word more,
+//! and a test of that word when a handle is freed, which clears any weak reference before the
+//! memory goes back to the free list (so a recycled handle starts with none).
 //!
 //! Both classes recycle freed objects (`freelist.rs`); a recycled handle starts untracked by the
 //! collector, and `create` sets the tracking each kind of handle needs.
@@ -136,7 +138,7 @@ impl CallbackSlot {
     }
 }
 
-#[pyclass(module = "ferroloop", frozen, subclass)]
+#[pyclass(module = "ferroloop", frozen, subclass, weakref)]
 pub struct Handle {
     callback: CallbackSlot,
     context: ContextSlot,
