@@ -1246,6 +1246,9 @@ pub fn install(py: Python<'_>) {
 }
 
 /// TCP_NODELAY on TCP sockets, as the stock loop's `_set_nodelay`: small writes leave at once.
+/// Unlike stock, which asks for `proto == IPPROTO_TCP`, a stream socket of an internet family
+/// whose `proto` is 0 counts too: that is what `socket.socket()` makes, and accepting on such a
+/// listening socket gives, and the kernel makes it TCP all the same.
 fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = sock.py();
     let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
@@ -1253,7 +1256,7 @@ fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let proto: i32 = sock.getattr(intern!(py, "proto"))?.extract()?;
     if (family == libc::AF_INET || family == libc::AF_INET6)
         && kind == libc::SOCK_STREAM
-        && proto == libc::IPPROTO_TCP
+        && (proto == 0 || proto == libc::IPPROTO_TCP)
     {
         sock.call_method1(
             intern!(py, "setsockopt"),
