@@ -924,3 +924,54 @@ class TestFerroloopOnly:
             return protocol.events
 
         assert run(ferro_loop, main()).count(("lost", None)) == 1
+
+
+# -- sendto on a closed transport, and to an unnamed peer --------------------------------------
+
+
+def test_sendto_after_close_is_ignored_as_a_closed_streams_write(loop, caplog):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+        transport.close()
+        await asyncio.sleep(0.01)
+        for _ in range(7):
+            transport.sendto(b"x", ("127.0.0.1", 9))
+
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        run(loop, main())
+        assert "socket.send() raised exception." in caplog.text
+    else:
+        # The stock transport fails with an internal error (its socket is gone).
+        with pytest.raises(AttributeError):
+            run(loop, main())
+
+
+def test_sendto_without_address_on_an_unnamed_connected_peer(loop):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    lost = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(Proto, sock=a)
+        transport.sendto(b"hello")
+        await asyncio.sleep(0.01)
+        closing = transport.is_closing()
+        transport.close()
+        await asyncio.sleep(0.01)
+        return closing
+
+    closing = run(loop, main())
+    b.setblocking(False)
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        assert closing is False and b.recv(10) == b"hello" and lost == [None]
+    else:
+        # Stock: sendto(data, None) raises TypeError, fatal: the transport closes.
+        assert closing is True
+    b.close()

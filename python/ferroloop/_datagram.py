@@ -33,8 +33,10 @@ closed at once.
 Closing. `close` stops reading, lets the queue drain, then calls `connection_lost(None)`; `abort`
 drops the queue. `connection_lost` is called exactly once, after which the transport lets go of
 its socket (closed), protocol and loop. A close that waited for the queue to drain counts as lost
-too, so that a later `abort` is a no-op (the stock transport fails there with an AttributeError). A connected transport ignores `sendto` once closed, and
-logs a warning once that has happened `LOG_THRESHOLD_FOR_CONNLOST_WRITES` times.
+too, so that a later `abort` is a no-op (the stock transport fails there with an AttributeError).
+Once closed, a transport ignores `sendto`, connected or not, as a closed stream transport ignores
+`write`, and logs a warning once that has happened `LOG_THRESHOLD_FOR_CONNLOST_WRITES` times (the
+stock transport does that only when connected, and otherwise fails with an AttributeError).
 """
 
 import collections
@@ -316,7 +318,7 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = self._address
-        if self._conn_lost and self._address:
+        if self._conn_lost:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
@@ -340,8 +342,9 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
         self._maybe_pause_protocol()
 
     def _send(self, data, addr):
-        # A connected socket sends to its peer whatever `addr` says.
-        if self._extra["peername"]:
+        # A connected socket sends to its peer whatever `addr` says. A peer without a name (the
+        # other end of an AF_UNIX socketpair) has the name "", not None: still connected.
+        if self._extra["peername"] is not None:
             self._sock.send(data)
         else:
             self._sock.sendto(data, addr)
