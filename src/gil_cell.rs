@@ -40,6 +40,11 @@ impl<T> GilCell<T> {
         self.0.borrow_mut()
     }
 
+    /// Borrows mutably unless a borrow is live: for code that a finalizer may run while one is.
+    pub fn try_borrow_mut<'a>(&'a self, _py: Python<'_>) -> Option<RefMut<'a, T>> {
+        self.0.try_borrow_mut().ok()
+    }
+
     pub fn borrow<'a>(&'a self, _py: Python<'_>) -> Ref<'a, T> {
         self.0.borrow()
     }

@@ -11,6 +11,11 @@
 //!
 //! Anything other than an exact `socket.socket` goes the stock way in `_sock.py`, so a subclass
 //! overriding `recv` or `send` keeps its behaviour.
+//!
+//! A waiter holds its socket object, not only the fd number (`crate::owner`): before each retry it
+//! checks that the socket still holds the fd, and fails with EBADF if it was closed or detached
+//! meanwhile, so a number the kernel gave to a new connection is never read or written. The
+//! socket is watched (`owner::close_watch`), so closing it ends the wait at once with that error.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
@@ -23,8 +28,9 @@ use pyo3::types::PyBytes;
 use pyo3::PyTraverseError;
 
 use crate::core::sys;
-use crate::event_loop::{os_error, Handle, LoopCore};
+use crate::event_loop::{os_error, Handle, LoopCore, Ties, Which};
 use crate::gil_cell::GilCell;
+use crate::owner::{self, close_watch};
 use crate::recv_bytes::{recv_bytes, recv_bytes_guessing};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -45,6 +51,8 @@ enum Op {
 
 struct Waiting {
     event_loop: Py<LoopCore>,
+    /// The socket the call was made on (see the module doc).
+    sock: Py<PyAny>,
     future: Py<PyAny>,
     /// The waiter's bound `_done`, added to the future's done callbacks.
     done: Option<Py<PyAny>>,
@@ -153,6 +161,7 @@ impl SockWaiter {
     /// Registers a waiter for `op` on `fd` and returns its future.
     fn start<'py>(
         event_loop: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
         fd: RawFd,
         writer: bool,
         op: Op,
@@ -173,6 +182,7 @@ impl SockWaiter {
                 fd,
                 state: GilCell::new(Waiting {
                     event_loop: event_loop.clone().unbind(),
+                    sock: sock.clone().unbind(),
                     future: future.clone().unbind(),
                     done: None,
                     handle: None,
@@ -180,9 +190,15 @@ impl SockWaiter {
                 }),
             },
         )?;
-        let handle = event_loop
-            .get()
-            .add_oneshot_io(py, fd, writer, waiter.clone().into_any())?;
+        close_watch::watch(event_loop, sock)?;
+        let ties = Ties {
+            owner: Some(sock.clone()),
+            pending: Some(future.clone()),
+        };
+        let handle =
+            event_loop
+                .get()
+                .add_oneshot_io(py, fd, writer, waiter.clone().into_any(), ties)?;
         let done = waiter.getattr(intern!(py, "_done"))?;
         {
             let mut st = waiter.get().state.borrow_mut(py);
@@ -205,7 +221,10 @@ impl SockWaiter {
         };
         if let Some(handle) = handle {
             if !handle.get().is_cancelled() {
-                event_loop.get().remove_io(py, self.fd, self.writer(py))?;
+                let which = Which::Handle(&handle);
+                event_loop
+                    .get()
+                    .remove_io(py, self.fd, self.writer(py), which)?;
             }
         }
         Ok(())
@@ -242,14 +261,21 @@ impl SockWaiter {
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Ok(());
         }
-        let (event_loop, recv) = {
+        let (event_loop, sock, recv) = {
             let st = this.state.borrow(py);
             let recv = match &st.op {
                 Op::Recv { n, stream } => Some((*n, *stream)),
                 Op::SendAll { .. } => None,
             };
-            (st.event_loop.clone_ref(py).into_bound(py), recv)
+            (
+                st.event_loop.clone_ref(py).into_bound(py),
+                st.sock.clone_ref(py).into_bound(py),
+                recv,
+            )
         };
+        if !owner::holds(&sock, this.fd)? {
+            return Self::finish(slf, Err(owner::closed_fd_error()));
+        }
         if let Some((n, stream)) = recv {
             return match recv_now(&event_loop, this.fd, n, stream) {
                 Ok(None) => Ok(()),
@@ -285,6 +311,7 @@ impl SockWaiter {
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow_in_gc() {
             visit.call(&st.event_loop)?;
+            visit.call(&st.sock)?;
             visit.call(&st.future)?;
             visit.call(&st.done)?;
             visit.call(&st.handle)?;
@@ -322,7 +349,7 @@ pub fn sock_recv_start<'py>(
     if let Some(data) = recv_now(event_loop, fd, n, stream)? {
         return Ok(data.into_any());
     }
-    SockWaiter::start(event_loop, fd, false, Op::Recv { n, stream })
+    SockWaiter::start(event_loop, sock, fd, false, Op::Recv { n, stream })
 }
 
 /// `sock_sendall`'s first step: `None` if everything was sent now, else a future done when the
@@ -345,5 +372,5 @@ pub fn sock_sendall_start<'py>(
         data: bytes.clone().into_any().unbind(),
         sent,
     };
-    SockWaiter::start(event_loop, fd, true, op)
+    SockWaiter::start(event_loop, sock, fd, true, op)
 }

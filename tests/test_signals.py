@@ -248,3 +248,43 @@ def test_python_signal_handler_completes_future(loop_name):
     rc, out, err, elapsed = interrupt("sigusr1_future", loop_name, signal.SIGUSR1)
     assert rc == 0, (rc, out, err)
     assert out.splitlines() == ["ready", f"handler ran {int(signal.SIGUSR1)}", "result from handler"], (out, err)
+
+
+# -- the wake-up socket after close ----------------------------------------------------------
+
+
+def test_closing_a_loop_takes_its_socket_out_of_the_signal_wakeup_fd():
+    code = textwrap.dedent(
+        """
+        import signal, ferroloop
+        loop = ferroloop.new_event_loop()
+        loop.add_signal_handler(signal.SIGUSR1, print)
+        ours = loop._signal_wakeup_fd()
+        loop.close()
+        print(signal.set_wakeup_fd(-1) == ours)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
+def test_a_loop_closed_off_the_main_thread_leaves_an_installed_socket_open():
+    code = textwrap.dedent(
+        """
+        import os, signal, stat, threading, ferroloop
+        loop = ferroloop.new_event_loop()
+        loop.add_signal_handler(signal.SIGUSR1, print)
+        ours = loop._signal_wakeup_fd()
+        def close():
+            try:
+                loop.close()
+            except (ValueError, RuntimeError):
+                pass
+        t = threading.Thread(target=close)
+        t.start(); t.join()
+        print(loop.is_closed(), signal.set_wakeup_fd(-1) == ours,
+              stat.S_ISSOCK(os.fstat(ours).st_mode))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]

@@ -282,11 +282,11 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
             self._watch_reads()
 
     def _watch_reads(self):
-        self._loop._add_reader(self._sock_fd, self._read_ready, ())
+        self._loop._add_reader(self._sock_fd, self._read_ready, (), owner=self._sock)
         self._read_polling = True
 
     def _unwatch_reads(self):
-        self._loop._remove_reader(self._sock_fd)
+        self._loop._remove_reader(self._sock_fd, owner=self._sock)
         self._read_polling = False
 
     def _read_ready(self):
@@ -375,11 +375,11 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
                 self._call_connection_lost(None)
 
     def _watch_writable(self):
-        self._loop._add_writer(self._sock_fd, self._sendto_ready, ())
+        self._loop._add_writer(self._sock_fd, self._sendto_ready, (), owner=self._sock)
         self._write_polling = True
 
     def _unwatch_writable(self):
-        self._loop._remove_writer(self._sock_fd)
+        self._loop._remove_writer(self._sock_fd, owner=self._sock)
         self._write_polling = False
 
     # -- flow control ----------------------------------------------------------------------

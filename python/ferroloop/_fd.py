@@ -1,4 +1,5 @@
-"""Turning file objects into fds with the `selectors` module's errors, for the loop's mixins."""
+"""Turning file objects into fds with the `selectors` module's errors, and checking that an
+object still holds the fd it was registered with, for the loop's mixins."""
 
 
 def fileobj_to_fd(fileobj):
@@ -14,3 +15,15 @@ def fileobj_to_fd(fileobj):
         raise ValueError(f"Invalid file descriptor: {fd}")
     return fd
 
+
+
+def live_fd(owner, fd):
+    """`fd` while `owner` (the file object or socket it came from) still holds it, else -1, on
+    which `os.read`/`os.write` fail with EBADF as they would on the closed object: no I/O ever
+    goes through a number its object gave up, which the kernel may have handed to another file
+    (see `src/owner`)."""
+    try:
+        held = owner.fileno()
+    except Exception:
+        return -1
+    return fd if held == fd else -1

@@ -114,6 +114,11 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
+def _owner(fileobj):
+    """The object a reader or writer is registered with, None for a bare number."""
+    return None if isinstance(fileobj, int) else fileobj
+
+
 class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
@@ -253,15 +258,23 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
             return
         if self.get_debug():
             logger.debug("Close %r", self)
-        self._close()
+        # The signal handlers go before the wake-up socket closes, which takes it out of
+        # signal.set_wakeup_fd: a signal's byte must never reach the file that gets its number
+        # next. Only the main thread can do that; elsewhere (and at interpreter exit) a socket
+        # still installed is left open instead of closed.
+        handlers_first = threading.current_thread() is threading.main_thread() and not sys.is_finalizing()
+        if handlers_first:
+            self._remove_all_signal_handlers()
+        self._close(self._has_signal_handlers())
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
-        # Last, as in the stock loop: outside the main thread this raises ValueError, and the
-        # loop is closed by then all the same.
-        self._remove_all_signal_handlers()
+        if not handlers_first:
+            # Last, as in the stock loop: outside the main thread this raises ValueError, and the
+            # loop is closed by then all the same.
+            self._remove_all_signal_handlers()
 
     # -- debug -----------------------------------------------------------------------------
 
@@ -453,10 +466,11 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def add_reader(self, fd, callback, *args):
-        """Calls `callback(*args)` on every iteration while `fd` is readable."""
+        """Calls `callback(*args)` on every iteration while `fd` is readable. A file object
+        given for `fd` owns the registration: closing a socket given so drops it first."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_reader(fileobj_to_fd(fd), callback, args)
+        self._add_reader(fileobj_to_fd(fd), callback, args, owner=_owner(fd))
 
     def remove_reader(self, fd):
         self._ensure_fd_no_transport(fd)
@@ -468,7 +482,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
         """Calls `callback(*args)` on every iteration while `fd` is writable."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_writer(fileobj_to_fd(fd), callback, args)
+        self._add_writer(fileobj_to_fd(fd), callback, args, owner=_owner(fd))
 
     def remove_writer(self, fd):
         self._ensure_fd_no_transport(fd)

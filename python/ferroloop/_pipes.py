@@ -10,7 +10,10 @@ written with `os.read`/`os.write`. As in the stock loop, pipe transports are not
 Ordering. The constructor schedules `protocol.connection_made`, then the start of watching, then
 the waking of the connect call's waiter: no data reaches the protocol before `connection_made`,
 and the caller gets the transport only after it. Transports register through the loop's private
-`_add_reader`/`_add_writer`, which take the callback's arguments as a tuple.
+`_add_reader`/`_add_writer`, which take the callback's arguments as a tuple, with the pipe as the
+registration's owner: each `os.read`/`os.write` goes to the fd only while the pipe object still
+holds it (`_fd.live_fd`), so a pipe closed under its transport fails the next call with EBADF
+instead of reaching whatever file took its number.
 
 Reading. Each readable event reads up to `max_size` bytes. An empty read is the end of file:
 `eof_received` and then `connection_lost(None)` are scheduled. EIO, which a pty's master side
@@ -44,6 +47,7 @@ import warnings
 from asyncio import constants, transports
 from asyncio.log import logger
 
+from ferroloop._fd import live_fd
 from ferroloop._reading import ReadPausing
 from ferroloop._subprocess import SubprocessMixin
 
@@ -201,19 +205,19 @@ class ReadPipeTransport(ReadPausing, _PipeTransportBase, transports.ReadTranspor
             self._watch_reads()
 
     def _watch_reads(self):
-        self._loop._add_reader(self._fileno, self._read_ready, ())
+        self._loop._add_reader(self._fileno, self._read_ready, (), owner=self._pipe)
         self._watching = True
 
     def _unwatch_reads(self):
         self._watching = False
-        self._loop._remove_reader(self._fileno)
+        self._loop._remove_reader(self._fileno, owner=self._pipe)
 
     def _is_polling(self):
         return self._watching
 
     def _read_ready(self):
         try:
-            data = os.read(self._fileno, self.max_size)
+            data = os.read(live_fd(self._pipe, self._fileno), self.max_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -266,13 +270,13 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         """Watches for the reader going away (see the module docstring), once `connection_made`
         has run, unless the transport was closed since."""
         if self._pipe is not None and not self._closing:
-            self._loop._add_reader(self._fileno, self._peer_closed, ())
+            self._loop._add_reader(self._fileno, self._peer_closed, (), owner=self._pipe)
             self._watching_peer = True
 
     def _unwatch_peer(self):
         if self._watching_peer:
             self._watching_peer = False
-            self._loop._remove_reader(self._fileno)
+            self._loop._remove_reader(self._fileno, owner=self._pipe)
 
     def _is_polling(self):
         return bool(self._buffer)
@@ -305,14 +309,14 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
                 return
             if sent:
                 data = memoryview(data)[sent:]
-            self._loop._add_writer(self._fileno, self._write_ready, ())
+            self._loop._add_writer(self._fileno, self._write_ready, (), owner=self._pipe)
         self._buffer += data
         self._maybe_pause_protocol()
 
     def _write_now(self, data):
         """Bytes written at once (0 if the pipe is full), or None after a fatal error."""
         try:
-            return os.write(self._fileno, data)
+            return os.write(live_fd(self._pipe, self._fileno), data)
         except (BlockingIOError, InterruptedError):
             return 0
         except (SystemExit, KeyboardInterrupt):
@@ -324,7 +328,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
 
     def _write_ready(self):
         try:
-            sent = os.write(self._fileno, self._buffer)
+            sent = os.write(live_fd(self._pipe, self._fileno), self._buffer)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
@@ -332,14 +336,14 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         except BaseException as exc:
             self._buffer.clear()
             self._conn_lost += 1
-            self._loop._remove_writer(self._fileno)
+            self._loop._remove_writer(self._fileno, owner=self._pipe)
             self._fatal_error(exc, "Fatal write error on pipe transport")
             return
         if sent < len(self._buffer):
             del self._buffer[:sent]
             return
         self._buffer.clear()
-        self._loop._remove_writer(self._fileno)
+        self._loop._remove_writer(self._fileno, owner=self._pipe)
         # resume_writing() may write again, refilling the buffer.
         self._maybe_resume_protocol()
         if self._closing:
@@ -380,7 +384,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
     def _close(self, exc=None):
         self._closing = True
         if self._buffer:
-            self._loop._remove_writer(self._fileno)
+            self._loop._remove_writer(self._fileno, owner=self._pipe)
             self._buffer.clear()
         self._unwatch_peer()
         self._schedule_connection_lost(exc)

@@ -179,10 +179,16 @@ class Server(events.AbstractServer):
     # -- the accept loop -------------------------------------------------------------------
 
     def _watch(self, sock):
-        self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        # Registered as the socket's (`src/owner`): closing it drops the reader first.
+        self._loop._add_reader(sock.fileno(), self._accept_ready, (sock,), owner=sock)
+
+    def _unwatch(self, sock):
+        fd = sock.fileno()
+        if fd >= 0:  # -1: closed by its owner, which dropped the reader then
+            self._loop._remove_reader(fd, owner=sock)
 
     def _stop_listening(self, sock):
-        self._loop.remove_reader(sock.fileno())
+        self._unwatch(sock)
         unix_file = self._unix_files.pop(sock, None)
         sock.close()
         if unix_file is not None:
@@ -214,7 +220,7 @@ class Server(events.AbstractServer):
                 "socket": trsock.TransportSocket(sock),
             }
         )
-        self._loop.remove_reader(sock.fileno())
+        self._unwatch(sock)
         self._loop.call_later(constants.ACCEPT_RETRY_DELAY, self._resume_accepting, sock)
 
     def _resume_accepting(self, sock):

@@ -17,6 +17,13 @@ through `call_soon`), and by then another operation may have registered its own 
 same fd: the registration replaced is cancelled, so the callback removes the reader only if the
 handle it registered (`_add_reader` returns it, as stock's does) is not cancelled.
 
+A socket closed under a waiting operation. The reader or writer is registered as the socket's,
+with the operation's future (`src/owner`): when the program closes the socket, the registration
+goes before the fd closes and the operation fails at once with `OSError(EBADF)`, where the stock
+loop's would wait forever. The retries go through the socket object's own methods, so they fail
+the same way on a socket closed or detached otherwise; only `os.sendfile`, which takes a number,
+checks first that the socket still holds it.
+
 The hot path is in Rust (`src/sock.rs`): for an exact `socket.socket` (and, for
 `sock_sendall`, `bytes` data), `sock_recv` and `sock_sendall` try the system call without raising
 BlockingIOError and wait through a Rust reader/writer that removes itself when done; the core
@@ -53,6 +60,7 @@ from asyncio.log import logger
 
 from ferroloop import _core
 from ferroloop._addr import resolve_address
+from ferroloop._fd import live_fd
 
 try:
     import ssl as _ssl
@@ -93,11 +101,14 @@ class _NativeSendfile:
     the file when `count` is None) are sent. The writer stays registered from the first
     EAGAIN to the end of the transfer."""
 
-    __slots__ = ("_loop", "_fut", "_fd", "_fileno", "_offset", "_count", "_blocksize", "_sent", "_watching")
+    __slots__ = (
+        "_loop", "_fut", "_sock", "_fd", "_fileno", "_offset", "_count", "_blocksize", "_sent", "_watching"
+    )
 
     def __init__(self, loop, fut, sock, fileno, offset, count, blocksize):
         self._loop = loop
         self._fut = fut
+        self._sock = sock
         self._fd = sock.fileno()
         self._fileno = fileno
         self._offset = offset
@@ -117,7 +128,7 @@ class _NativeSendfile:
                 self._finish()
                 return
         try:
-            sent = os.sendfile(self._fd, self._fileno, self._offset, blocksize)
+            sent = os.sendfile(live_fd(self._sock, self._fd), self._fileno, self._offset, blocksize)
         except (BlockingIOError, InterruptedError):
             self._watch()
         except OSError as exc:
@@ -152,7 +163,7 @@ class _NativeSendfile:
             return
         loop = self._loop
         loop._ensure_fd_no_transport(self._fd)
-        handle = loop._add_writer(self._fd, self.step, ())
+        handle = loop._add_writer(self._fd, self.step, (), owner=self._sock, pending=self._fut)
         self._watching = True
         self._fut.add_done_callback(functools.partial(self._cancelled, handle))
 
@@ -164,7 +175,7 @@ class _NativeSendfile:
     def _unwatch(self, handle=None):
         if self._watching and (handle is None or not handle.cancelled()):
             self._watching = False
-            self._loop._remove_writer(self._fd)
+            self._loop._remove_writer(self._fd, owner=self._sock)
 
     def _update_file_position(self):
         if self._sent > 0:
@@ -198,7 +209,7 @@ class SockMixin:
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_reader(fd, callback, (fut, *args))
+        handle = self._add_reader(fd, callback, (fut, *args), owner=sock, pending=fut)
         fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle))
         return fut
 
@@ -207,7 +218,7 @@ class SockMixin:
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_writer(fd, callback, (fut, *args))
+        handle = self._add_writer(fd, callback, (fut, *args), owner=sock, pending=fut)
         fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle))
         return fut
 

@@ -9,9 +9,15 @@
 //! the next wait on the fd re-arms it with one `EPOLL_CTL_MOD` where a delete and an add took two.
 //! A parked entry has no handler and counts as unregistered. If its fd was closed meanwhile, the
 //! kernel dropped the registration and the MOD fails with ENOENT, so the loop adds it afresh (a
-//! new socket may have the same number). If a duplicate keeps the old file open, its forgotten
-//! registration can still report at most one event, which finds no handler or a handler that
-//! retries and waits again.
+//! new socket may have the same number), dropping whatever the entry still held for the closed
+//! file (`crate::owner`, rule 3). If a duplicate keeps the old file open, its forgotten
+//! registration stays disarmed: it reports nothing more.
+//!
+//! Each reader and writer is a `Slot`: its handle, the object its fd was registered with (its
+//! owner: the socket of a `sock_*` call or a transport, the file object given to `add_reader`;
+//! none for a bare number), and the future of the `sock_*` call it serves, if any. The owner lets
+//! a transport remove only its own registration, and the future is failed with EBADF when the
+//! registration is dropped because its file was closed (see `crate::owner`).
 
 use std::os::fd::RawFd;
 
@@ -20,10 +26,19 @@ use pyo3::prelude::*;
 use super::handle::Handle;
 use crate::core::poller::Interest;
 
+/// One reader or writer (see the module doc).
+pub struct Slot {
+    pub handle: Py<Handle>,
+    /// The object the fd was registered with, if not a bare number.
+    pub owner: Option<Py<PyAny>>,
+    /// The future of the pending `sock_*` call this reader or writer serves.
+    pub pending: Option<Py<PyAny>>,
+}
+
 #[derive(Default)]
 pub struct IoEntry {
-    pub reader: Option<Py<Handle>>,
-    pub writer: Option<Py<Handle>>,
+    pub reader: Option<Slot>,
+    pub writer: Option<Slot>,
     /// Registered with EPOLLONESHOT (see the module doc).
     pub oneshot: bool,
     /// A one-shot registration not yet disarmed by an event.
@@ -40,7 +55,7 @@ impl IoEntry {
         }
     }
 
-    pub fn slot(&mut self, writer: bool) -> &mut Option<Py<Handle>> {
+    pub fn slot(&mut self, writer: bool) -> &mut Option<Slot> {
         if writer {
             &mut self.writer
         } else {
@@ -119,8 +134,8 @@ impl IoRegistry {
 
     /// Calls `arm(fd, interest)` for each one-shot registration disarmed since the last call
     /// whose fd still has a handler (a wait that retried and goes on waiting); the others stay
-    /// parked and disarmed.
-    pub fn rearm(&mut self, mut arm: impl FnMut(RawFd, Interest)) {
+    /// parked and disarmed. A registration `arm` fails to re-arm stays disarmed.
+    pub fn rearm(&mut self, mut arm: impl FnMut(RawFd, Interest) -> bool) {
         if self.disarmed.is_empty() {
             return;
         }
@@ -130,8 +145,7 @@ impl IoRegistry {
             if let Some(entry) = self.get_mut(fd) {
                 let interest = entry.interest();
                 if entry.oneshot && !entry.armed && !interest.is_empty() {
-                    entry.armed = true;
-                    arm(fd, interest);
+                    entry.armed = arm(fd, interest);
                 }
             }
         }
@@ -162,10 +176,48 @@ impl IoRegistry {
             .collect()
     }
 
-    pub fn handles(&self) -> impl Iterator<Item = &Py<Handle>> {
+    /// Every slot's objects, for the garbage collector.
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.entries
             .iter()
             .flatten()
             .flat_map(|e| e.reader.iter().chain(e.writer.iter()))
+    }
+}
+
+/// What a registration is tied to, given when it is made (see `Slot`).
+#[derive(Default)]
+pub struct Ties<'py> {
+    pub owner: Option<Bound<'py, PyAny>>,
+    pub pending: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> Ties<'py> {
+    /// Registered with `owner`, serving no pending call.
+    pub fn owned_by(owner: &Bound<'py, PyAny>) -> Ties<'py> {
+        Ties {
+            owner: Some(owner.clone()),
+            pending: None,
+        }
+    }
+}
+
+/// Which reader or writer a removal may take.
+pub enum Which<'a, 'py> {
+    /// Whatever is registered (`remove_reader`).
+    Any,
+    /// Only one registered with this owner (a transport's socket).
+    Owner(&'a Bound<'py, PyAny>),
+    /// Only this handle.
+    Handle(&'a Py<Handle>),
+}
+
+impl Which<'_, '_> {
+    pub fn matches(&self, slot: &Slot) -> bool {
+        match self {
+            Which::Any => true,
+            Which::Owner(owner) => slot.owner.as_ref().is_some_and(|o| o.is(*owner)),
+            Which::Handle(handle) => slot.handle.is(*handle),
+        }
     }
 }

@@ -16,8 +16,9 @@ mod hooks;
 mod io;
 mod run;
 mod shared;
+mod stale;
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,8 @@ pub use freelist::install as install_free_lists;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
 
-use io::IoRegistry;
+use io::{IoRegistry, Slot};
+pub(crate) use io::{Ties, Which};
 use shared::LoopShared;
 
 use crate::core::clock;
@@ -44,6 +46,7 @@ use crate::core::ready::ReadyQueue;
 use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
 use crate::gil_cell::GilCell;
+use crate::owner::close_watch;
 use crate::recv_bytes::{ReadGuesses, SpareSlot};
 
 /// `asyncio.futures.Future` and `asyncio.tasks.Task` (the C types), looked up once.
@@ -96,19 +99,24 @@ pub struct LoopState {
 }
 
 impl LoopState {
-    /// Empties the ready queue, the timers and the fd registry: the handles they held, and the
-    /// fds that were registered. The caller drops the handles once the borrow ends.
-    fn drain_handles(&mut self) -> (Vec<Py<Handle>>, Vec<RawFd>) {
+    /// Empties the ready queue, the timers and the fd registry: the handles they held, the fds
+    /// that were registered, and the registrations' other objects (owners, futures). The caller
+    /// drops them once the borrow ends.
+    fn drain_handles(&mut self) -> (Vec<Py<Handle>>, Vec<RawFd>, Vec<Py<PyAny>>) {
         let mut handles = self.ready.drain();
         handles.extend(self.timers.drain());
         handles.extend(self.new_timers.drain(..).map(|(_, h)| h));
         let mut fds = Vec::new();
+        let mut others = Vec::new();
         for (fd, entry) in self.io.drain() {
             fds.push(fd);
-            handles.extend(entry.reader);
-            handles.extend(entry.writer);
+            for slot in [entry.reader, entry.writer].into_iter().flatten() {
+                handles.push(slot.handle);
+                others.extend(slot.owner);
+                others.extend(slot.pending);
+            }
         }
-        (handles, fds)
+        (handles, fds, others)
     }
 }
 
@@ -351,7 +359,8 @@ impl LoopCore {
     }
 
     /// Registers `callback(*args)` as the reader (or writer) of `fd`, replacing any previous one,
-    /// which is cancelled. Returns the new handle.
+    /// which is cancelled. Returns the new handle. `ties` names the object the fd came from and
+    /// the pending call's future, if any (see `io::Slot`).
     pub(crate) fn add_io<'py>(
         &self,
         py: Python<'py>,
@@ -359,6 +368,7 @@ impl LoopCore {
         writer: bool,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
+        ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
         self.register_io(
             py,
@@ -367,6 +377,7 @@ impl LoopCore {
             callback,
             CallArgs::from_tuple(args),
             IoKind::Level,
+            ties,
         )
     }
 
@@ -378,11 +389,20 @@ impl LoopCore {
         fd: RawFd,
         writer: bool,
         callback: Bound<'py, PyAny>,
+        ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
-        self.register_io(py, fd, writer, callback, CallArgs::Zero, IoKind::Oneshot)
+        self.register_io(
+            py,
+            fd,
+            writer,
+            callback,
+            CallArgs::Zero,
+            IoKind::Oneshot,
+            ties,
+        )
     }
 
-    /// Registers a Rust transport's own read (or write) step for `fd` (see
+    /// Registers a Rust transport's own read (or write) step for `fd`, owned by its socket (see
     /// `Flags::NATIVE_READ`).
     pub(crate) fn add_transport_io(
         &self,
@@ -390,6 +410,7 @@ impl LoopCore {
         fd: RawFd,
         writer: bool,
         transport: Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         self.register_io(
             py,
@@ -398,10 +419,35 @@ impl LoopCore {
             transport,
             CallArgs::Zero,
             IoKind::TransportStep,
+            Ties::owned_by(sock),
         )?;
         Ok(())
     }
 
+    /// `add_io` from Python: a socket given as `owner` is watched, so that closing it drops the
+    /// registration first (`owner::close_watch`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_io_tied<'py>(
+        slf: &Bound<'py, Self>,
+        fd: RawFd,
+        writer: bool,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        owner: Option<Bound<'py, PyAny>>,
+        pending: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        if let Some(owner) = owner.as_ref().filter(|o| !o.is_none()) {
+            close_watch::watch(slf, owner)?;
+        }
+        let ties = Ties {
+            owner: owner.filter(|o| !o.is_none()),
+            pending: pending.filter(|p| !p.is_none()),
+        };
+        slf.get().add_io(py, fd, writer, callback, args, ties)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn register_io<'py>(
         &self,
         py: Python<'py>,
@@ -410,28 +456,49 @@ impl LoopCore {
         callback: Bound<'py, PyAny>,
         args: CallArgs<'py>,
         kind: IoKind,
+        ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
         let handle = self.new_handle(py, callback, args, None, None, false)?;
         if kind == IoKind::TransportStep {
             handle.get().mark_transport_step(writer);
         }
-        let replaced = {
+        let slot = Slot {
+            handle: handle.clone().unbind(),
+            owner: ties.owner.map(Bound::unbind),
+            pending: ties.pending.map(Bound::unbind),
+        };
+        let (replaced, stale) = {
             let mut st = self.state.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
             let existed = st.io.get(fd).is_some();
             let entry = st.io.insert(fd);
-            let replaced = entry.slot(writer).replace(handle.clone().unbind());
+            let mut replaced = entry.slot(writer).replace(slot);
             // One-shot only as the fd's only handler: a level-triggered one on the other side
             // keeps the registration level-triggered.
             entry.oneshot = kind == IoKind::Oneshot && entry.slot(!writer).is_none();
             entry.armed = true;
-            let interest = entry.interest();
-            let result = if existed {
-                poller.reregister_or_add(fd, fd as u64, interest)
+            let token = fd as u64;
+            let mut stale = Vec::new();
+            let mut result = if existed {
+                poller.reregister(fd, token, entry.interest())
             } else {
-                poller.register(fd, fd as u64, interest)
+                poller.register(fd, token, entry.interest())
             };
+            match &result {
+                Err(err) if existed && err.raw_os_error() == Some(libc::ENOENT) => {
+                    // The registration was a file's that has closed since (`crate::owner`, rule
+                    // 3): what was recorded for the number was that file's, not this one's.
+                    stale.extend(replaced.take());
+                    stale.extend(entry.slot(!writer).take());
+                    entry.oneshot = kind == IoKind::Oneshot;
+                    result = poller.register(fd, token, entry.interest());
+                }
+                Err(err) if !existed && err.raw_os_error() == Some(libc::EEXIST) => {
+                    result = poller.reregister(fd, token, entry.interest());
+                }
+                _ => {}
+            }
             if let Err(err) = result {
                 let failed = st.io.get_mut(fd).and_then(|e| e.slot(writer).take());
                 if st.io.get(fd).is_some_and(|e| e.interest().is_empty()) {
@@ -440,13 +507,15 @@ impl LoopCore {
                 drop(st);
                 drop(failed);
                 drop(replaced);
+                self.retire(py, stale)?;
                 return Err(os_error(err));
             }
-            replaced
+            (replaced, stale)
         };
         if let Some(old) = replaced {
-            Handle::do_cancel(old.bind(py))?;
+            Handle::do_cancel(old.handle.bind(py))?;
         }
+        self.retire(py, stale)?;
         Ok(handle.unbind())
     }
 
@@ -476,9 +545,15 @@ impl LoopCore {
         self.shared.debug()
     }
 
-    /// Removes the reader (or writer) of `fd`; true if there was one.
-    pub(crate) fn remove_io(&self, py: Python<'_>, fd: RawFd, writer: bool) -> PyResult<bool> {
-        let removed = {
+    /// Removes the reader (or writer) of `fd` if it is `which`'s; true if there was one.
+    pub(crate) fn remove_io(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        writer: bool,
+        which: Which<'_, '_>,
+    ) -> PyResult<bool> {
+        let (removed, stale, failure) = {
             let mut st = self.state.borrow_mut(py);
             let Some(poller) = st.poller.clone() else {
                 return Ok(false);
@@ -486,8 +561,17 @@ impl LoopCore {
             let Some(entry) = st.io.get_mut(fd) else {
                 return Ok(false);
             };
+            if !entry
+                .slot(writer)
+                .as_ref()
+                .is_some_and(|s| which.matches(s))
+            {
+                return Ok(false);
+            }
             let removed = entry.slot(writer).take();
             let interest = entry.interest();
+            let mut stale = None;
+            let mut failure = None;
             if interest.is_empty() && entry.oneshot {
                 st.io.park(fd);
             } else if interest.is_empty() {
@@ -495,18 +579,23 @@ impl LoopCore {
                 // The fd may have been closed already, which removed it from epoll.
                 let _ = poller.deregister(fd);
             } else if let Err(err) = poller.reregister(fd, fd as u64, interest) {
-                drop(st);
-                drop(removed);
-                return Err(os_error(err));
+                if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) {
+                    // The file has closed (`crate::owner`, rule 3): the other side's handler
+                    // was its too.
+                    stale = st.io.remove(fd).and_then(|mut e| e.slot(!writer).take());
+                } else {
+                    failure = Some(err);
+                }
             }
-            removed
+            (removed, stale, failure)
         };
-        match removed {
-            Some(handle) => {
-                Handle::do_cancel(handle.bind(py))?;
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(slot) = removed {
+            Handle::do_cancel(slot.handle.bind(py))?;
+        }
+        self.retire(py, stale.into_iter().collect())?;
+        match failure {
+            Some(err) => Err(os_error(err)),
+            None => Ok(true),
         }
     }
 }
@@ -693,14 +782,24 @@ impl LoopCore {
         self.state.borrow_mut(py).watching_signals = on;
     }
 
-    /// Drops every pending callback, timer and registration and closes the poller.
-    fn _close(&self, py: Python<'_>) {
+    /// Drops every pending callback, timer and registration and closes the poller. With
+    /// `keep_signal_socket`, the signal wake-up socket pair is left open for good (its write end
+    /// may still be `signal.set_wakeup_fd`'s, and a signal must not write into the file that
+    /// would get its number).
+    #[pyo3(signature = (keep_signal_socket=false))]
+    fn _close(&self, py: Python<'_>, keep_signal_socket: bool) {
+        let mut drop_later = Vec::new();
         let (garbage, snapshot) = {
             let mut st = self.state.borrow_mut(py);
             // Dropping the poller closes its epoll fd, which forgets every registration.
             st.poller = None;
-            st.signal_pair = None;
-            let (handles, _fds) = st.drain_handles();
+            if let Some((read_end, write_end)) = st.signal_pair.take() {
+                if keep_signal_socket {
+                    let _ = (read_end.into_raw_fd(), write_end.into_raw_fd());
+                }
+            }
+            let (handles, _fds, others) = st.drain_handles();
+            drop_later.extend(others);
             (handles, st.snapshots.clear())
         };
         drop(snapshot);
@@ -713,33 +812,55 @@ impl LoopCore {
     }
 
     /// The stock loop's private `_add_reader`: no fd ownership check; returns the handle.
+    /// `owner` is the object `fd` came from, `pending` the future of the `sock_*` call the reader
+    /// serves (see `io::Slot`).
+    #[pyo3(signature = (fd, callback, args, *, owner=None, pending=None))]
     fn _add_reader<'py>(
-        &self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         fd: RawFd,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
+        owner: Option<Bound<'py, PyAny>>,
+        pending: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.add_io(py, fd, false, callback, args)
+        Self::add_io_tied(slf, fd, false, callback, args, owner, pending)
     }
 
-    /// The stock loop's private `_add_writer`: no fd ownership check; returns the handle.
+    /// The stock loop's private `_add_writer`, as `_add_reader`.
+    #[pyo3(signature = (fd, callback, args, *, owner=None, pending=None))]
     fn _add_writer<'py>(
-        &self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         fd: RawFd,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
+        owner: Option<Bound<'py, PyAny>>,
+        pending: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.add_io(py, fd, true, callback, args)
+        Self::add_io_tied(slf, fd, true, callback, args, owner, pending)
     }
 
-    fn _remove_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
-        self.remove_io(py, fd, false)
+    /// Removes the reader of `fd`; with `owner`, only one registered with that object.
+    #[pyo3(signature = (fd, *, owner=None))]
+    fn _remove_reader(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let which = owner.as_ref().map_or(Which::Any, Which::Owner);
+        self.remove_io(py, fd, false, which)
     }
 
-    fn _remove_writer(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
-        self.remove_io(py, fd, true)
+    /// Removes the writer of `fd`, as `_remove_reader`.
+    #[pyo3(signature = (fd, *, owner=None))]
+    fn _remove_writer(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let which = owner.as_ref().map_or(Which::Any, Which::Owner);
+        self.remove_io(py, fd, true, which)
     }
 
     /// Counts for tests and introspection: ready callbacks, pending timers (cancelled ones
@@ -766,12 +887,16 @@ impl LoopCore {
             }
             st.snapshots.visit(&visit)?;
             visit.call(&st.loop_kwargs)?;
+            for slot in st.io.slots() {
+                visit.call(&slot.owner)?;
+                visit.call(&slot.pending)?;
+            }
             for h in st
                 .ready
                 .iter()
                 .chain(st.timers.iter())
                 .chain(st.new_timers.iter().map(|(_, h)| h))
-                .chain(st.io.handles())
+                .chain(st.io.slots().map(|slot| &slot.handle))
             {
                 // SAFETY: `h` is a live object; the query has no other precondition.
                 if unsafe { pyo3::ffi::PyObject_GC_IsTracked(h.as_ptr()) } != 0 {
@@ -789,13 +914,13 @@ impl LoopCore {
         Python::attach(|py| {
             let garbage = {
                 let mut st = self.state.borrow_mut(py);
-                let (handles, fds) = st.drain_handles();
+                let (handles, fds, others) = st.drain_handles();
                 if let Some(poller) = &st.poller {
                     for fd in fds {
                         let _ = poller.deregister(fd);
                     }
                 }
-                (handles, st.snapshots.clear(), st.loop_kwargs.take())
+                (handles, others, st.snapshots.clear(), st.loop_kwargs.take())
             };
             drop(garbage);
         });

@@ -28,7 +28,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::handle::Handle;
-use super::{closed_error, current_thread_id, hooks, os_error, LoopCore, LoopState, SIGNAL_TOKEN};
+use super::{
+    closed_error, current_thread_id, hooks, os_error, LoopCore, LoopState, Which, SIGNAL_TOKEN,
+};
 use crate::core::clock;
 use crate::core::poller::{Event, Poller, Spun};
 
@@ -216,7 +218,7 @@ fn drain_signal_socket(st: &mut LoopState) {
 
 /// Step 3's first half: queues the handles of ready fds. Returns whether the signal socket was
 /// among the events and the cancelled handles to remove.
-fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool)>) {
+fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool, Py<Handle>)>) {
     let events = std::mem::take(&mut st.events);
     let mut signalled = false;
     let mut stale = Vec::new();
@@ -233,9 +235,10 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool)
             (ev.readable, &entry.reader, false),
             (ev.writable, &entry.writer, true),
         ] {
-            if let (true, Some(handle)) = (ready, slot) {
+            if let (true, Some(slot)) = (ready, slot) {
+                let handle = &slot.handle;
                 if handle.get().is_cancelled() {
-                    stale.push((fd, is_writer));
+                    stale.push((fd, is_writer, handle.clone_ref(py)));
                 } else {
                     st.ready.push(handle.clone_ref(py));
                 }
@@ -255,12 +258,22 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let mut st = this.state.borrow_mut(py);
         let garbage = prune_timers(&mut st, this);
         let fields = &mut *st;
+        let mut closed = Vec::new();
         if let Some(poller) = &fields.poller {
-            // A wait that found nothing to do at its event waits on: arm it again. The fd may
-            // have been closed meanwhile; the wait then never completes, as with the stock loop.
-            fields.io.rearm(|fd, interest| {
-                let _ = poller.reregister_or_add(fd, fd as u64, interest);
-            });
+            // A wait that found nothing to do at its event waits on: arm it again. If the kernel
+            // no longer knows the registration, its file has closed (`crate::owner`, rule 3):
+            // the waits on it are dropped below, never carried over to the number's next file.
+            fields.io.rearm(
+                |fd, interest| match poller.reregister(fd, fd as u64, interest) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) {
+                            closed.push(fd);
+                        }
+                        false
+                    }
+                },
+            );
         }
         let poll = match (plan_wait(&st), &st.poller) {
             (Wait::Poll(timeout), Some(poller)) => {
@@ -274,6 +287,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 Handle::leave_queue(handle.bind(py));
             }
         }
+        this.drop_closed(py, closed)?;
         poll
     };
 
@@ -284,8 +298,8 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             st.events = events;
             dispatch_events(py, &mut st)
         };
-        for (fd, is_writer) in stale {
-            this.remove_io(py, fd, is_writer)?;
+        for (fd, is_writer, handle) in stale {
+            this.remove_io(py, fd, is_writer, Which::Handle(&handle))?;
         }
         if interrupted || signalled {
             py.check_signals()?;

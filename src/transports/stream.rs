@@ -27,6 +27,11 @@
 //!
 //! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
 //! every protocol method may call back into the transport.
+//!
+//! The fd belongs to the socket object (`crate::owner`): each system call goes through `live_fd`,
+//! which gives -1 (so the call fails with EBADF, as the stock transport's `sock.send` would) once
+//! the program has closed or detached the socket under the transport; the reader and writer are
+//! registered as that socket's, and the socket is watched, so closing it takes them out of epoll.
 
 use std::ffi::CString;
 use std::io::ErrorKind;
@@ -46,8 +51,10 @@ use pyo3::{PyTraverseError, PyTypeInfo};
 
 use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
-use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore};
+use crate::cpython;
+use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore, Which};
 use crate::gil_cell::GilCell;
+use crate::owner::{self, close_watch};
 use crate::recv_bytes::{recv_lending, Received};
 
 use super::method_cache::{self, ReadMethods};
@@ -105,6 +112,11 @@ struct State {
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
 pub struct StreamTransport {
     fd: RawFd,
+    /// The socket `fd` belongs to, kept for the transport's life (`state.sock` goes once it is
+    /// closed): every system call checks that it still holds `fd`.
+    owner: Py<PyAny>,
+    /// Whether `owner`'s fd is read from its memory (`cpython::socket::held_fd_known`).
+    owner_readable: bool,
     state: GilCell<State>,
     /// The protocol's methods called at each read, found without a lookup each time when
     /// CPython can vouch for them (`method_cache.rs`).
@@ -249,11 +261,31 @@ impl StreamTransport {
         let Some(lp) = this.event_loop(py) else {
             return Ok(());
         };
+        let owner = this.owner.bind(py);
         if on {
             lp.get()
-                .add_transport_io(py, this.fd, writer, slf.clone().into_any())
+                .add_transport_io(py, this.fd, writer, slf.clone().into_any(), owner)
         } else {
-            lp.get().remove_io(py, this.fd, writer).map(drop)
+            lp.get()
+                .remove_io(py, this.fd, writer, Which::Owner(owner))
+                .map(drop)
+        }
+    }
+
+    /// The fd for the next system call: `fd` while the socket holds it, else -1, on which every
+    /// call fails with EBADF (`crate::owner`, rule 1).
+    #[inline(always)]
+    fn live_fd(&self, py: Python<'_>) -> RawFd {
+        let owner = self.owner.bind(py);
+        let held = if self.owner_readable {
+            // SAFETY: `owner_readable` is set only when `held_fd` answered for this owner.
+            unsafe { cpython::socket::held_fd_known(owner) }
+        } else {
+            owner::fd_now(owner).ok().flatten()
+        };
+        match held {
+            Some(fd) if fd == self.fd => fd,
+            _ => -1,
         }
     }
 
@@ -414,7 +446,7 @@ impl StreamTransport {
         let mut guess = self.state.borrow(py).read_guess;
         let got = recv_lending(
             py,
-            self.fd,
+            self.live_fd(py),
             &mut guess,
             MAX_READ,
             event_loop.get().read_spare(),
@@ -440,7 +472,7 @@ impl StreamTransport {
                 return Ok(ReadOutcome::Failed(PyTypeError::new_err(message)));
             }
         };
-        let fd = self.fd;
+        let fd = self.live_fd(py);
         let got = retry_eintr(py, || sys::recv(fd, view.as_mut_slice()));
         drop(view);
         ReadOutcome::of_recv(py, got, |n| *n == 0)
@@ -527,7 +559,8 @@ impl StreamTransport {
         };
         let mut rest = data;
         if !buffered {
-            match retry_eintr(py, || sys::send(this.fd, data))? {
+            let fd = this.live_fd(py);
+            match retry_eintr(py, || sys::send(fd, data))? {
                 Ok(n) => {
                     rest = &data[n.min(data.len())..];
                     if rest.is_empty() {
@@ -553,7 +586,7 @@ impl StreamTransport {
         if self.state.borrow(py).sock.is_none() {
             return Ok(());
         }
-        sys::shutdown_write(self.fd).map_err(Self::io_exc)
+        sys::shutdown_write(self.live_fd(py)).map_err(Self::io_exc)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -660,6 +693,8 @@ impl StreamTransport {
             py,
             StreamTransport {
                 fd,
+                owner: sock.clone().unbind(),
+                owner_readable: cpython::socket::held_fd(&sock).is_ok(),
                 state: GilCell::new(State {
                     event_loop: Some(event_loop.clone().unbind()),
                     sock: Some(sock.clone().unbind()),
@@ -691,6 +726,7 @@ impl StreamTransport {
             .getattr(intern!(py, "_transports"))?
             .set_item(fd, &transport)?;
         set_nodelay(&sock)?;
+        close_watch::watch(&event_loop, &sock)?;
         let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
         this.call_soon(
             py,
@@ -819,9 +855,10 @@ impl StreamTransport {
         if this.state.borrow(py).conn_lost > 0 {
             return Ok(());
         }
+        let fd = this.live_fd(py);
         let sent = retry_eintr(py, || {
             let st = this.state.borrow(py);
-            sys::send(this.fd, st.buffer.as_slice())
+            sys::send(fd, st.buffer.as_slice())
         })?;
         match sent {
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
@@ -1144,6 +1181,7 @@ impl StreamTransport {
         let Some(st) = self.state.try_borrow_in_gc() else {
             return Ok(());
         };
+        visit.call(&self.owner)?;
         visit.call(&st.event_loop)?;
         visit.call(&st.protocol)?;
         visit.call(&st.extra)?;

@@ -124,17 +124,6 @@ impl Poller {
         self.selector.modify(fd, token, interest)
     }
 
-    /// `reregister`, or `register` if the kernel no longer has `fd` registered (it was closed
-    /// since, which drops its registration; the number may now be another file's).
-    pub fn reregister_or_add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        match self.selector.modify(fd, token, interest) {
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                self.selector.add(fd, token, interest)
-            }
-            other => other,
-        }
-    }
-
     /// Stops watching `fd`.
     pub fn deregister(&self, fd: RawFd) -> io::Result<()> {
         self.selector.delete(fd)
@@ -391,13 +380,13 @@ mod tests {
         // Still readable, but disarmed.
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
-        poller.reregister_or_add(a.as_raw_fd(), 7, oneshot).unwrap();
+        poller.reregister(a.as_raw_fd(), 7, oneshot).unwrap();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert_eq!(events.len(), 1);
     }
 
     #[test]
-    fn reregister_or_add_adds_a_closed_fds_number_afresh() {
+    fn reregister_of_a_closed_fds_number_fails_with_enoent() {
         let poller = Poller::new().unwrap();
         let (a, _b) = socketpair();
         let number = a.as_raw_fd();
@@ -407,9 +396,12 @@ mod tests {
         // (which drops its registration); `a` owns the new one from here.
         assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), number) }, number);
         drop(c);
-        poller
-            .reregister_or_add(number, 7, Interest::READABLE)
-            .unwrap();
+        // The loop's cue that whatever it recorded for the number was the closed file's.
+        let err = poller
+            .reregister(number, 7, Interest::READABLE)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        poller.register(number, 7, Interest::READABLE).unwrap();
         write_byte(&d);
         let mut events = vec![];
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
