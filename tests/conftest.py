@@ -45,7 +45,8 @@ def _hang_guard():
 
 
 def _stock_loop():
-    return asyncio.DefaultEventLoopPolicy._loop_factory()
+    # The default policy's loop on Unix, without its policy API (deprecated from 3.14 on).
+    return asyncio.SelectorEventLoop()
 
 
 def _ferro_loop():
@@ -94,6 +95,16 @@ def _ipv6_loopback():
     except OSError:
         return False
     return True
+
+
+def args_shown(loop):
+    """Whether the running Python's asyncio shows a callback's arguments in handle reprs and
+    "Exception in callback" messages: always before 3.14 (and early 3.12/3.13 releases), in
+    debug mode only after, as they may hold secrets."""
+    import inspect
+
+    takes_debug = "debug" in inspect.signature(asyncio.format_helpers._format_callback_source).parameters
+    return loop.get_debug() or not takes_debug
 
 
 # For tests that need an IPv6 loopback address: `from conftest import requires_ipv6`.

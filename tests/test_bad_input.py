@@ -12,10 +12,12 @@ import gc
 import inspect
 import math
 import re
+import sys
 import threading
 import warnings
 
 import pytest
+from conftest import args_shown
 
 CALLBACK_METHODS = ["call_soon", "call_later", "call_at", "call_soon_threadsafe"]
 
@@ -184,7 +186,17 @@ def test_call_later_nan_delay_runs_at_once(loop):
     handle = loop.call_later(float("nan"), on_nan)
     loop.call_later(10, lambda: (events.append("fallback"), loop.stop()))
     assert math.isnan(handle.when())
-    loop.run_forever()
+    if isinstance(loop, asyncio.BaseEventLoop) and sys.version_info >= (3, 13):
+        # The rewrite of the stock loop's time-out clamp (3.14, and 3.13's later releases) lets
+        # NaN through to the selector, which fails on it: a stock bug ferroloop does not copy
+        # (README). Earlier releases run the timer at once.
+        try:
+            loop.run_forever()
+        except ValueError as exc:
+            assert "NaN" in str(exc)
+            return
+    else:
+        loop.run_forever()
     assert events == ["nan"]
 
 
@@ -354,8 +366,9 @@ def test_callback_raising_value_error_is_logged_and_loop_continues(loop):
     context = contexts[0]
     # As asyncio.format_helpers._format_callback_source renders a Python function.
     code = raise_value_error.__code__
+    shown = "(1)" if args_shown(loop) else "()"
     assert context["message"] == (
-        f"Exception in callback raise_value_error(1) at {code.co_filename}:{code.co_firstlineno}"
+        f"Exception in callback raise_value_error{shown} at {code.co_filename}:{code.co_firstlineno}"
     )
     assert type(context["exception"]) is ValueError
     assert str(context["exception"]) == "boom 1"

@@ -28,6 +28,16 @@ TIMEOUT = 60.0
 HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 
+def assert_drained(loop, transport):
+    """The queue has drained: its size is 0, but for the stock 3.13 transport, which leaves the
+    8 header bytes of every datagram that was queued counted (gh-135444, fixed in 3.14.1)."""
+    size = transport.get_write_buffer_size()
+    if isinstance(loop, asyncio.BaseEventLoop) and sys.version_info[:2] == (3, 13):
+        assert size % HEADER == 0
+    else:
+        assert size == 0
+
+
 def run(loop, coro):
     return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
 
@@ -728,7 +738,7 @@ class TestQueueing:
             got = await receive(sink, sent)
             assert numbers(got) == list(range(sent))
             await spin()
-            assert transport.get_write_buffer_size() == 0
+            assert_drained(loop, transport)
             transport.close()
             await protocol.lost
 
@@ -787,7 +797,7 @@ class TestQueueing:
             assert len(got) == sent
             assert protocol.events.count("resume") == 1
             assert protocol.events.index("pause") < protocol.events.index("resume")
-            assert transport.get_write_buffer_size() == 0
+            assert_drained(loop, transport)
             transport.close()
             await protocol.lost
 

@@ -453,7 +453,7 @@ class TestCustomExceptionHandler:
 class TestDebugFromOutside:
     def test_debug_env_var_enables_debug(self, loop):
         if is_stock(loop):
-            code = "import asyncio; print(asyncio.DefaultEventLoopPolicy._loop_factory().get_debug())"
+            code = "import asyncio; print(asyncio.SelectorEventLoop().get_debug())"
         else:
             code = "import ferroloop; print(ferroloop.new_event_loop().get_debug())"
         env = dict(os.environ)
@@ -480,10 +480,6 @@ class TestDebugFromOutside:
         assert debug is True
 
     def test_run_with_debug_true_puts_loop_in_debug(self, loop_factory):
-        class Policy(asyncio.DefaultEventLoopPolicy):
-            def new_event_loop(self):
-                return loop_factory()
-
         async def main():
             lp = asyncio.get_running_loop()
             return type(lp).__module__, lp.get_debug()
@@ -491,10 +487,18 @@ class TestDebugFromOutside:
         probe = loop_factory()
         expected_module = type(probe).__module__
         probe.close()
-        asyncio.set_event_loop_policy(Policy())
-        try:
-            module, debug = asyncio.run(main(), debug=True)
-        finally:
-            asyncio.set_event_loop_policy(None)
+        if sys.version_info >= (3, 12):
+            module, debug = asyncio.run(main(), debug=True, loop_factory=loop_factory)
+        else:
+
+            class Policy(asyncio.DefaultEventLoopPolicy):
+                def new_event_loop(self):
+                    return loop_factory()
+
+            asyncio.set_event_loop_policy(Policy())
+            try:
+                module, debug = asyncio.run(main(), debug=True)
+            finally:
+                asyncio.set_event_loop_policy(None)
         assert module == expected_module
         assert debug is True

@@ -12,6 +12,7 @@ import os
 import pathlib
 import socket
 import ssl
+import sys
 
 import pytest
 
@@ -386,6 +387,11 @@ class TestFallback:
     def test_waits_while_the_transport_is_paused(self, loop, content):
         """With the peer not reading, the transport's buffer stops at about its high-water
         mark plus one block; everything arrives once the peer reads."""
+        if isinstance(loop, asyncio.BaseEventLoop) and sys.version_info >= (3, 12):
+            # From 3.12 the stock fallback writes views of one reused block while the transport
+            # buffers what it is given without a copy: the next read overwrites data still
+            # waiting to be sent (README).
+            pytest.xfail("stock 3.12+ sendfile fallback reuses a buffer the transport still holds")
 
         async def main():
             transport, protocol, peer = await unix_sender(loop)
@@ -525,10 +531,12 @@ class TestFlowControlHandBack:
 
         run(loop, main())
 
-    def test_pause_at_the_end_is_handed_to_the_protocol(self, ferro_loop):
-        """The fallback's last write leaves the TLS transport paused: the app protocol is told,
-        so the resume that follows is not one it never had a pause for. (The stock loop drops
-        that pause, and its protocol gets a lone resume_writing, which asyncio's streams reject.)
+    def test_a_pause_during_the_fallback_stays_with_it(self, ferro_loop):
+        """The fallback's last write pauses the TLS transport, and the call waits for the
+        resume (it drains after each write, as 3.12.10+ do): the pause and the resume both reach
+        the fallback, none reaches the app protocol, which is thus never told of a resume it had
+        no pause for (the stock 3.11 loop handed it a lone resume_writing, which asyncio's
+        streams reject).
 
         TLS over a Unix socket pair whose peer (a blocking ssl socket) reads nothing until told:
         once the socket transport under TLS is paused, what is written stays in the TLS layer,
@@ -545,16 +553,16 @@ class TestFlowControlHandBack:
                     while transport.get_write_buffer_size() < HIGH - 1000:
                         transport.write(b"f" * 100)
                         filler += 100
-                    assert protocol.events == []
                     payload = os.urandom(1000)
-                    assert await loop.sendfile(transport, io.BytesIO(payload)) == len(payload)
-                    assert protocol.events == ["pause"]
+                    sending = loop.create_task(loop.sendfile(transport, io.BytesIO(payload)))
+                    for _ in range(20):
+                        await asyncio.sleep(0.005)
+                    assert not sending.done()  # paused: waits for the peer
                     size = filler + len(payload)
                     received = await loop.run_in_executor(None, recv_exactly, peer, size)
                     assert received[filler:] == payload
-                    while protocol.events == ["pause"]:
-                        await asyncio.sleep(0.001)
-                    assert protocol.events == ["pause", "resume"]
+                    assert await sending == len(payload)
+                    assert protocol.events == []
                     transport.abort()  # close() would wait for the peer's close_notify
                     await protocol.lost
 

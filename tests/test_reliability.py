@@ -186,7 +186,15 @@ def test_slow_reader_keeps_the_writer_bounded_for_one_gib(loop):
 
         def on_connect():
             protocol = Writer()
-            accepted.set_result(protocol)
+            made = protocol.connection_made
+
+            def connection_made(transport):
+                # Resolved once the protocol has its transport, not when it is made (the wake-up
+                # of the awaiting task would come first and pump without a transport).
+                made(transport)
+                accepted.set_result(protocol)
+
+            protocol.connection_made = connection_made
             return protocol
 
         server = await loop.create_server(on_connect, "127.0.0.1", 0)

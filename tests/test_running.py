@@ -395,23 +395,34 @@ class TestFuturesAndTasks:
         assert loop.get_task_factory() is None
 
     def test_set_task_factory_called_with_loop_and_coro(self, loop):
-        calls = []
+        def made_on(lp):
+            calls = []
 
-        def factory(lp, coro, **kwargs):
-            calls.append((lp, coro, kwargs))
-            return asyncio.Task(coro, loop=lp, **kwargs)
+            def factory(lp, coro, **kwargs):
+                calls.append((lp, coro, kwargs))
+                return asyncio.Task(coro, loop=lp, **kwargs)
 
-        loop.set_task_factory(factory)
-        assert loop.get_task_factory() is factory
+            lp.set_task_factory(factory)
+            assert lp.get_task_factory() is factory
 
-        async def coro():
-            return "made"
+            async def coro():
+                return "made"
 
-        c = coro()
-        task = loop.create_task(c, name="factory-task")
-        assert calls == [(loop, c, {})]
-        assert task.get_name() == "factory-task"
-        assert loop.run_until_complete(task) == "made"
+            c = coro()
+            task = lp.create_task(c, name="factory-task")
+            assert [call[:2] for call in calls] == [(lp, c)]
+            assert task.get_name() == "factory-task"
+            assert lp.run_until_complete(task) == "made"
+            return calls[0][2]
+
+        # The keywords the factory gets are the running version's (the name goes to the factory
+        # from 3.14 on, is set afterwards before).
+        stock = asyncio.SelectorEventLoop()
+        try:
+            expected = made_on(stock)
+        finally:
+            stock.close()
+        assert made_on(loop) == expected
 
     def test_set_task_factory_gets_context_keyword(self, loop):
         calls = []

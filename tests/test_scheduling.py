@@ -10,6 +10,7 @@ import time
 import weakref
 
 import pytest
+from conftest import args_shown
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -415,7 +416,10 @@ class TestContext:
 
 
 class TestRepr:
-    def test_handle_repr_names_callback_and_args(self, loop):
+    @pytest.mark.parametrize("debug", [False, True])
+    def test_handle_repr_names_callback_and_args(self, loop, debug):
+        loop.set_debug(debug)
+
         def my_callback(*args):
             pass
 
@@ -423,7 +427,8 @@ class TestRepr:
         r = repr(h)
         assert r.startswith("<Handle ")
         assert r.endswith(">")
-        assert my_callback.__qualname__ + "(1, 'x')" in r
+        shown = "(1, 'x')" if args_shown(loop) else "()"
+        assert my_callback.__qualname__ + shown in r
         code = my_callback.__code__
         assert f" at {code.co_filename}:{code.co_firstlineno}" in r
         h.cancel()

@@ -629,7 +629,13 @@ def test_buffered_bytearray_is_copied_at_write(loop, pair, opened):
     data[:] = b"B" * 1000
     reader = PeerReader(loop, b)
     transport.close()
-    assert run(loop, reader.done) == b"f" * written + b"A" * 1000
+    got = run(loop, reader.done)
+    if isinstance(loop, asyncio.BaseEventLoop) and sys.version_info >= (3, 12):
+        # From 3.12 the stock transport buffers the caller's object itself, so a change made
+        # after write() is what goes out; ferroloop sends what was written (README).
+        assert got in (b"f" * written + b"A" * 1000, b"f" * written + b"B" * 1000)
+    else:
+        assert got == b"f" * written + b"A" * 1000
     assert run(loop, protocol.lost) is None
 
 
@@ -1084,13 +1090,17 @@ def test_write_rejects_non_bytes_with_a_type_error(loop, unix_pair, opened):
     assert run(loop, protocol.lost) is None
 
 
+# What the stock `write` names in its TypeError (reworded in 3.14).
+WRITE_TYPES = "a bytes, bytearray, or memoryview object" if sys.version_info >= (3, 14) else "a bytes-like object"
+
+
 def test_write_type_error_message(loop, unix_pair, opened):
     a, _ = unix_pair
     transport, protocol = connect(loop, opened, a)
     for value, name in NOT_BYTES:
         with pytest.raises(TypeError) as info:
             transport.write(value)
-        assert str(info.value) == f"data argument must be a bytes-like object, not '{name}'"
+        assert str(info.value) == f"data argument must be {WRITE_TYPES}, not '{name}'"
     close_and_wait(loop, transport, protocol)
 
 

@@ -146,6 +146,70 @@ class TestCallSoonThreadsafe:
         assert loop.run_until_complete(fut) == "from-thread"
 
 
+class TestThreadSafeHandles:
+    """`call_soon_threadsafe` handles are locked (3.14's `_ThreadSafeHandle`): a cancel() from
+    another thread waits while the callback runs, and the callback may cancel its own handle.
+    The stock loop has this from 3.14 on; ferroloop on every version."""
+
+    @pytest.fixture(autouse=True)
+    def _locked_loops_only(self, loop):
+        if isinstance(loop, asyncio.BaseEventLoop) and sys.version_info < (3, 14):
+            pytest.skip("the stock handle has no lock before 3.14")
+
+    def test_cancel_from_another_thread_waits_for_the_running_callback(self, loop):
+        started = threading.Event()
+        order = []
+
+        def callback():
+            started.set()
+            time.sleep(0.3)  # the GIL is released: the other thread's cancel() runs meanwhile
+            order.append("callback done")
+
+        def canceller():
+            started.wait(10)
+            handle.cancel()
+            order.append("cancel returned")
+
+        handle = loop.call_soon_threadsafe(callback)
+        thread = threading.Thread(target=canceller)
+        thread.start()
+        loop.call_later(0.01, loop.stop)
+        loop.run_forever()
+        thread.join(10)
+        assert order == ["callback done", "cancel returned"]
+
+    def test_a_cancel_before_the_run_prevents_it(self, loop):
+        called = []
+        handle = loop.call_soon_threadsafe(called.append, 1)
+        thread = threading.Thread(target=handle.cancel)
+        thread.start()
+        thread.join(10)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert called == [] and handle.cancelled()
+
+    def test_the_callback_may_cancel_its_own_handle(self, loop):
+        seen = []
+
+        def callback():
+            handle.cancel()
+            seen.append(handle.cancelled())
+
+        handle = loop.call_soon_threadsafe(callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == [True]
+
+    def test_its_class_is_the_running_versions(self, loop):
+        handle = loop.call_soon_threadsafe(lambda: None)
+        if sys.version_info >= (3, 14):
+            assert isinstance(handle, asyncio.events._ThreadSafeHandle)
+            assert repr(handle).startswith("<_ThreadSafeHandle ")
+        else:
+            assert repr(handle).startswith("<Handle ")
+        handle.cancel()
+
+
 class TestExecutor:
     def test_run_in_executor_returns_result(self, loop):
         def work(a, b):

@@ -27,7 +27,7 @@ def main(argv=None):
         print(f"{sys.executable}: can't open file {path!r}: [Errno 2] No such file or directory", file=sys.stderr)
         return 2
 
-    ferroloop.install()
+    ferroloop._install()  # the policy, without the 3.14+ deprecation warning of install()
     sys.argv = [options.script, *options.args]
     runpy.run_path(options.script, run_name="__main__")
     return 0

@@ -31,6 +31,9 @@ class TimerHandle(Handle):
     def _scheduled(self) -> bool: ...
     def __hash__(self) -> int: ...
 
+class _ThreadSafeHandle(Handle):
+    """What `call_soon_threadsafe` returns: a Handle with a lock (named `Handle` before 3.14)."""
+
 class LoopCore:
     slow_callback_duration: float
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
@@ -58,14 +61,7 @@ class LoopCore:
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def create_future(self) -> asyncio.Future[Any]: ...
-    def create_task(
-        self,
-        coro: Coroutine[Any, Any, Any],
-        *,
-        name: Optional[str] = None,
-        context: Optional[contextvars.Context] = None,
-        **kwargs: Any,
-    ) -> asyncio.Task[Any]: ...
+    def create_task(self, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]: ...
     def is_closed(self) -> bool: ...
     def get_debug(self) -> bool: ...
     def _set_debug(self, enabled: bool) -> None: ...
@@ -80,8 +76,7 @@ class LoopCore:
         self,
         fd: int,
         callback: Callable[..., object],
-        args: tuple[Any, ...],
-        *,
+        *args: Any,
         owner: Optional[object] = None,
         pending: Optional[asyncio.Future[Any]] = None,
     ) -> Handle: ...
@@ -89,8 +84,7 @@ class LoopCore:
         self,
         fd: int,
         callback: Callable[..., object],
-        args: tuple[Any, ...],
-        *,
+        *args: Any,
         owner: Optional[object] = None,
         pending: Optional[asyncio.Future[Any]] = None,
     ) -> Handle: ...
@@ -133,6 +127,8 @@ class StreamTransport:
     def _sock(self) -> Optional[socket.socket]: ...
     @property
     def _sock_fd(self) -> int: ...
+    @property
+    def _read_ready_cb(self) -> Callable[[], None]: ...
 
 class IoRefs:
     """What a watched socket's `_io_refs` holds: its int, and the close hook (`src/owner`)."""

@@ -197,6 +197,8 @@ class DatagramMixin:
         raise errors[0]
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if sys.version_info >= (3, 12):
+            self._ensure_fd_no_transport(sock)  # as the stock loop from 3.12
         return DatagramSocketTransport(self, sock, protocol, address, waiter, extra)
 
 
@@ -282,7 +284,7 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
             self._watch_reads()
 
     def _watch_reads(self):
-        self._loop._add_reader(self._sock_fd, self._read_ready, (), owner=self._sock)
+        self._loop._add_reader(self._sock_fd, self._read_ready, owner=self._sock)
         self._read_polling = True
 
     def _unwatch_reads(self):
@@ -375,7 +377,7 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
                 self._call_connection_lost(None)
 
     def _watch_writable(self):
-        self._loop._add_writer(self._sock_fd, self._sendto_ready, (), owner=self._sock)
+        self._loop._add_writer(self._sock_fd, self._sendto_ready, owner=self._sock)
         self._write_polling = True
 
     def _unwatch_writable(self):

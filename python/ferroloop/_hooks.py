@@ -4,11 +4,16 @@ They live in Python so that their text is the stock loop's, built by the same
 `asyncio.format_helpers` functions the stock loop uses.
 """
 
+import inspect
 import sys
 from asyncio import coroutines, format_helpers, tasks
 from asyncio.log import logger
 
 from ferroloop._core import TimerHandle
+
+# The check the stock loop makes: `asyncio.iscoroutinefunction` warns from 3.14 on, and the loop
+# itself uses the private twin that does not.
+iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
 
 
 def extract_stack():
@@ -16,13 +21,20 @@ def extract_stack():
     return format_helpers.extract_stack(sys._getframe(1))
 
 
-def format_callback_source(callback, args):
+# From 3.14 (and late 3.12/3.13 releases) the arguments are shown only in debug mode, as they may
+# hold secrets; the loop says whether it is in debug mode.
+_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+
+
+def format_callback_source(callback, args, debug=False):
+    if _TAKES_DEBUG:
+        return format_helpers._format_callback_source(callback, args, debug=debug)
     return format_helpers._format_callback_source(callback, args)
 
 
 def check_callback(callback, method):
     """Debug mode's refusal of coroutines and non-callables, with the stock messages."""
-    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+    if coroutines.iscoroutine(callback) or iscoroutinefunction(callback):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
@@ -36,7 +48,9 @@ def handle_repr(handle):
         info.append(f"when={handle._when}")
     callback = handle._callback
     if callback is not None:
-        info.append(format_callback_source(callback, handle._args))
+        # A handle does not know its loop; one made in debug mode keeps its source traceback.
+        debug = handle._source_traceback is not None
+        info.append(format_callback_source(callback, handle._args, debug))
     source = handle._source_traceback
     if source:
         frame = source[-1]

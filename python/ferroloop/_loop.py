@@ -77,7 +77,9 @@ _LATER = {
         # from its base, ferroloop._subprocess.SubprocessMixin
         "subprocess_shell", "subprocess_exec", "_start_subprocess", "_log_subprocess",
         "_make_subprocess_transport",
-    ),
+    )
+    # 3.14+: the loop's child watcher, as the stock loop's (see ferroloop._subprocess)
+    + (("_watcher", "_child_watcher_callback") if sys.version_info >= (3, 14) else ()),
 }
 
 
@@ -112,6 +114,26 @@ def _stop_when_done(fut):
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             return
     futures._get_loop(fut).stop()
+
+
+# From 3.12 a transport is not made over an fd a live transport holds.
+_REFUSE_OWNED_FD = sys.version_info >= (3, 12)
+
+# From 3.12 a custom exception handler runs in the Context of what failed (its task, future or
+# handle), so that it sees the context variables the failing code saw.
+_HANDLER_IN_CONTEXT = sys.version_info >= (3, 12)
+
+
+def _handler_context(context):
+    """The Context a custom exception handler runs in (3.12's `call_exception_handler`)."""
+    thing = context.get("task")
+    if thing is None:
+        # Futures have no context, but the 'future' key sometimes holds a Task.
+        thing = context.get("future")
+    if thing is None:
+        thing = context.get("handle")
+    ctx = thing.get_context() if thing is not None and hasattr(thing, "get_context") else None
+    return ctx if ctx is not None and hasattr(ctx, "run") else None
 
 
 def _owner(fileobj):
@@ -434,7 +456,11 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            self._exception_handler(self, context)
+            ctx = _handler_context(context) if _HANDLER_IN_CONTEXT else None
+            if ctx is not None:
+                ctx.run(self._exception_handler, self, context)
+            else:
+                self._exception_handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -470,7 +496,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
         given for `fd` owns the registration: closing a socket given so drops it first."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_reader(fileobj_to_fd(fd), callback, args, owner=_owner(fd))
+        self._add_reader(fileobj_to_fd(fd), callback, *args, owner=_owner(fd))
 
     def remove_reader(self, fd):
         self._ensure_fd_no_transport(fd)
@@ -482,7 +508,7 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
         """Calls `callback(*args)` on every iteration while `fd` is writable."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_writer(fileobj_to_fd(fd), callback, args, owner=_owner(fd))
+        self._add_writer(fileobj_to_fd(fd), callback, *args, owner=_owner(fd))
 
     def remove_writer(self, fd):
         self._ensure_fd_no_transport(fd)
@@ -493,7 +519,10 @@ class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEven
     # -- transports ------------------------------------------------------------------------
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
-        """A TCP or Unix stream transport (Rust) over the connected non-blocking `sock`."""
+        """A TCP or Unix stream transport (Rust) over the connected non-blocking `sock`; from
+        3.12, as stock, refused for an fd a live transport holds."""
+        if _REFUSE_OWNED_FD:
+            self._ensure_fd_no_transport(sock)
         return _core.StreamTransport._create(self, sock, protocol, waiter, extra, server)
 
 

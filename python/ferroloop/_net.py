@@ -29,7 +29,6 @@ What is worth knowing before reading the code:
 
 import collections.abc
 import errno
-import functools
 import itertools
 import os
 import socket
@@ -86,6 +85,9 @@ def _raise_connect_errors(errors, all_errors):
             raise ExceptionGroup("create_connection failed", errors)
         if len(errors) == 1:
             raise errors[0]
+        if not errors:
+            # Every attempt was cancelled before it failed (3.14 names this; before, IndexError).
+            raise TimeoutError("create_connection failed")
         first = str(errors[0])
         if all(str(exc) == first for exc in errors):
             raise errors[0]
@@ -250,8 +252,16 @@ class NetMixin:
                     except OSError:
                         continue
             else:
-                attempts = (functools.partial(self._connect_sock, errors, info, local_infos) for info in infos)
-                sock, _, _ = await staggered.staggered_race(attempts, happy_eyeballs_delay, loop=self)
+                # Lambdas over `errors`, not partials holding it, and only the winner kept from the
+                # race's result: nothing but this frame's cell refers to the list, which the
+                # `finally` clears, so a failed attempt's exception does not keep it in a cycle.
+                sock = (
+                    await staggered.staggered_race(
+                        (lambda info=info: self._connect_sock(errors, info, local_infos) for info in infos),
+                        happy_eyeballs_delay,
+                        loop=self,
+                    )
+                )[0]
             if sock is None:
                 _raise_connect_errors([exc for attempt in errors for exc in attempt], all_errors)
             return sock

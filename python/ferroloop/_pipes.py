@@ -10,10 +10,9 @@ written with `os.read`/`os.write`. As in the stock loop, pipe transports are not
 Ordering. The constructor schedules `protocol.connection_made`, then the start of watching, then
 the waking of the connect call's waiter: no data reaches the protocol before `connection_made`,
 and the caller gets the transport only after it. Transports register through the loop's private
-`_add_reader`/`_add_writer`, which take the callback's arguments as a tuple, with the pipe as the
-registration's owner: each `os.read`/`os.write` goes to the fd only while the pipe object still
-holds it (`_fd.live_fd`), so a pipe closed under its transport fails the next call with EBADF
-instead of reaching whatever file took its number.
+`_add_reader`/`_add_writer`, with the pipe as the registration's owner: each `os.read`/`os.write`
+goes to the fd only while the pipe object still holds it (`_fd.live_fd`), so a pipe closed under
+its transport fails the next call with EBADF instead of reaching whatever file took its number.
 
 Reading. Each readable event reads up to `max_size` bytes. An empty read is the end of file:
 `eof_received` and then `connection_lost(None)` are scheduled. EIO, which a pty's master side
@@ -205,7 +204,7 @@ class ReadPipeTransport(ReadPausing, _PipeTransportBase, transports.ReadTranspor
             self._watch_reads()
 
     def _watch_reads(self):
-        self._loop._add_reader(self._fileno, self._read_ready, (), owner=self._pipe)
+        self._loop._add_reader(self._fileno, self._read_ready, owner=self._pipe)
         self._watching = True
 
     def _unwatch_reads(self):
@@ -270,7 +269,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         """Watches for the reader going away (see the module docstring), once `connection_made`
         has run, unless the transport was closed since."""
         if self._pipe is not None and not self._closing:
-            self._loop._add_reader(self._fileno, self._peer_closed, (), owner=self._pipe)
+            self._loop._add_reader(self._fileno, self._peer_closed, owner=self._pipe)
             self._watching_peer = True
 
     def _unwatch_peer(self):
@@ -309,7 +308,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
                 return
             if sent:
                 data = memoryview(data)[sent:]
-            self._loop._add_writer(self._fileno, self._write_ready, (), owner=self._pipe)
+            self._loop._add_writer(self._fileno, self._write_ready, owner=self._pipe)
         self._buffer += data
         self._maybe_pause_protocol()
 

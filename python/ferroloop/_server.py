@@ -180,7 +180,7 @@ class Server(events.AbstractServer):
 
     def _watch(self, sock):
         # Registered as the socket's (`src/owner`): closing it drops the reader first.
-        self._loop._add_reader(sock.fileno(), self._accept_ready, (sock,), owner=sock)
+        self._loop._add_reader(sock.fileno(), self._accept_ready, sock, owner=sock)
 
     def _unwatch(self, sock):
         fd = sock.fileno()

@@ -19,6 +19,8 @@ import warnings
 from asyncio import coroutines
 from asyncio.log import logger
 
+from ferroloop._hooks import iscoroutinefunction
+
 
 def _sighandler_noop(signum, frame):
     """The Python-level handler of a signal the loop handles: the work happens in the loop."""
@@ -35,7 +37,7 @@ class SignalMixin:
 
     def add_signal_handler(self, sig, callback, *args):
         """Calls `callback(*args)` from the loop each time signal `sig` arrives. Unix only."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()

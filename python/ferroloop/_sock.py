@@ -163,7 +163,7 @@ class _NativeSendfile:
             return
         loop = self._loop
         loop._ensure_fd_no_transport(self._fd)
-        handle = loop._add_writer(self._fd, self.step, (), owner=self._sock, pending=self._fut)
+        handle = loop._add_writer(self._fd, self.step, owner=self._sock, pending=self._fut)
         self._watching = True
         self._fut.add_done_callback(functools.partial(self._cancelled, handle))
 
@@ -178,8 +178,9 @@ class _NativeSendfile:
             self._loop._remove_writer(self._fd, owner=self._sock)
 
     def _update_file_position(self):
-        if self._sent > 0:
-            os.lseek(self._fileno, self._offset, os.SEEK_SET)
+        # Also when nothing was sent: the file then stands at the offset asked for (3.14.6's
+        # fix; before, it stayed wherever it was).
+        os.lseek(self._fileno, self._offset, os.SEEK_SET)
 
     def _finish(self):
         self._unwatch()
@@ -209,7 +210,7 @@ class SockMixin:
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_reader(fd, callback, (fut, *args), owner=sock, pending=fut)
+        handle = self._add_reader(fd, callback, fut, *args, owner=sock, pending=fut)
         fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle))
         return fut
 
@@ -218,7 +219,7 @@ class SockMixin:
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_writer(fd, callback, (fut, *args), owner=sock, pending=fut)
+        handle = self._add_writer(fd, callback, fut, *args, owner=sock, pending=fut)
         fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle))
         return fut
 
@@ -379,6 +380,9 @@ class SockMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(None)
+        finally:
+            # The exception's traceback holds this frame: let go of the future that holds it.
+            fut = None
 
     async def sock_accept(self, sock):
         """Accepts a connection on the listening `sock`; returns (conn, address), `conn`
@@ -426,7 +430,9 @@ class SockMixin:
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
         """Reads the file in the default executor, a block at a time, and sends each block."""
-        if offset:
+        if hasattr(file, "seek"):
+            # Even to 0: the file may stand elsewhere (3.14.6's fix; before, only a non-zero
+            # offset was sought, and offset 0 read from wherever the file stood).
             file.seek(offset)
         blocksize = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
         if count:

@@ -8,13 +8,21 @@ has exited and every pipe is closed. So each Python version keeps its own detail
 the child with `os.kill`, for one). What this module adds is the start of the child and the
 waiting for its exit.
 
-Waiting for the child without a thread or a SIGCHLD handler. On Linux, `os.pidfd_open(pid)`
-gives an fd that becomes readable when the child exits; the loop watches it like any other fd,
-and the child is then reaped with `waitpid`, which does not block by then. Where pidfds are
-missing (not Linux, a kernel before 5.3, or a seccomp policy refusing them) a daemon thread per
-child blocks in `waitpid` instead. Either way, the return code is negative for a child killed by
-a signal, and the transport hears of it one loop iteration after the reaping, as in the stock
-loop: data read from the pipes in the same iteration reaches the protocol first.
+Waiting for the child, as the running Python's stock loop does. From 3.14 on the stock loop
+owns a child watcher (`loop._watcher`): `unix_events._PidfdChildWatcher` where pidfds work, else
+`_ThreadedChildWatcher`, whose thread waits without reaping (`waitid(WNOWAIT)`) and leaves the
+reaping to the loop's thread. Either way the child is reaped and its exit published to the
+transport in one callback, so no signal can ever be sent to a reaped (and possibly recycled)
+pid. ferroloop uses those very classes there.
+
+Before 3.14 the loop waits itself, without a thread or a SIGCHLD handler where it can: on Linux,
+`os.pidfd_open(pid)` gives an fd that becomes readable when the child exits; the loop watches it
+like any other fd, and the child is then reaped with `waitpid`, which does not block by then.
+Where pidfds are missing (not Linux, a kernel before 5.3, or a seccomp policy refusing them) a
+daemon thread per child blocks in `waitpid` instead. The transport hears of the exit as late as
+the stock loop's watchers told it: one iteration after the reaping on 3.12 and 3.13, two on 3.11;
+data read from the pipes meanwhile reaches the protocol first. The return code is negative for a
+child killed by a signal.
 
 If the child was reaped elsewhere (`Popen.poll()` called by the transport's `close`, or by
 `send_signal` before 3.13, takes the status for itself), `waitpid` fails: Popen's return code
@@ -26,10 +34,16 @@ its transport.
 
 import os
 import subprocess
+import sys
 import threading
 import warnings
-from asyncio import base_subprocess
+from asyncio import base_subprocess, tasks, unix_events
 from asyncio.log import logger
+
+# The loop owns a stock child watcher from 3.14 on (see the module docstring).
+STOCK_WATCHERS = sys.version_info >= (3, 14)
+# Before: how many loop iterations after the reaping the transport hears of the exit.
+_EXIT_HOPS = 1 if sys.version_info >= (3, 12) else 2
 
 __all__ = ("SubprocessMixin", "SubprocessTransport")
 
@@ -159,16 +173,48 @@ class SubprocessMixin:
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs,
         )
-        transport._watch_child()
+        if STOCK_WATCHERS:
+            self._watcher.add_child_handler(transport.get_pid(), self._child_watcher_callback, transport)
+        else:
+            transport._watch_child()
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
             transport.close()
-            await transport._wait()
+            if STOCK_WATCHERS:
+                # As 3.14: a cancellation of this call does not leave the child unreaped.
+                await tasks.shield(transport._wait())
+            else:
+                await transport._wait()
             raise
         return transport
+
+    if STOCK_WATCHERS:
+
+        def _child_watcher_callback(self, pid, returncode, transport):
+            """The watcher's report: reaped and published in one step (see the module doc)."""
+            transport._process_exited(returncode)
+
+
+class _Watcher:
+    """`loop._watcher` (3.14+): the stock watcher, made at first use, as the stock loop makes
+    one in its constructor (the choice follows `unix_events.can_use_pidfd()` then)."""
+
+    def __get__(self, loop, owner=None):
+        if loop is None:
+            return self
+        if unix_events.can_use_pidfd():
+            watcher = unix_events._PidfdChildWatcher()
+        else:
+            watcher = unix_events._ThreadedChildWatcher()
+        vars(loop)["_watcher"] = watcher
+        return watcher
+
+
+if STOCK_WATCHERS:
+    SubprocessMixin._watcher = _Watcher()
 
 
 class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
@@ -198,7 +244,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             except OSError:
                 pass
             else:
-                self._loop._add_reader(self._pidfd, self._pidfd_readable, ())
+                self._loop._add_reader(self._pidfd, self._pidfd_readable)
                 return
         self._start_wait_thread()
 
@@ -240,9 +286,12 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         return _exit_code(status)
 
     def _report_exit(self, loop, returncode):
-        """Tells the transport, one iteration later (see the module docstring). Raises
-        RuntimeError if the loop is closed."""
-        loop.call_soon_threadsafe(loop.call_soon, self._process_exited, returncode)
+        """Tells the transport, as many iterations later as the stock loop of this Python (see
+        the module docstring). Raises RuntimeError if the loop is closed."""
+        if _EXIT_HOPS == 1:
+            loop.call_soon_threadsafe(self._process_exited, returncode)
+        else:
+            loop.call_soon_threadsafe(loop.call_soon, self._process_exited, returncode)
 
     def _close_pidfd(self):
         pidfd = self._pidfd

@@ -39,7 +39,7 @@ asyncio's own stream protocol fails an assertion on.)
 """
 
 import sys
-from asyncio import constants, exceptions, protocols, sslproto, transports
+from asyncio import constants, exceptions, protocols, sslproto, streams, transports
 
 from ferroloop import _core
 
@@ -82,6 +82,17 @@ def _ssl_protocol(
 
 def _is_ferroloop_stream(transport):
     return isinstance(transport, _core.StreamTransport)
+
+
+def _hand_over_buffered(protocol, ssl_protocol):
+    """Bytes a server's StreamReader already holds (the start of the client's handshake, read
+    before `start_tls`) go to the TLS protocol instead of staying behind in the reader, as 3.14.4+
+    does; before, the handshake waited for bytes already consumed."""
+    if isinstance(protocol, streams.StreamReaderProtocol):
+        reader = getattr(protocol, "_stream_reader", None)
+        if reader is not None and reader._buffer:
+            ssl_protocol._incoming.write(reader._buffer)
+            reader._buffer.clear()
 
 
 def _sendfile_mode(transport):
@@ -221,6 +232,8 @@ class TlsMixin:
         )
         # Paused first, so that no data reaches the TLS protocol before its connection_made().
         transport.pause_reading()
+        if server_side:
+            _hand_over_buffered(protocol, ssl_protocol)
         transport.set_protocol(ssl_protocol)
         connection_made = self.call_soon(ssl_protocol.connection_made, transport)
         resume = self.call_soon(transport.resume_reading)
@@ -271,8 +284,8 @@ class TlsMixin:
             self._transports[fd] = transport
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
-            file.seek(offset)
+        if hasattr(file, "seek"):
+            file.seek(offset)  # even to 0 (see `_sock_sendfile_fallback`)
         blocksize = min(count, _FALLBACK_BLOCK_SIZE) if count else _FALLBACK_BLOCK_SIZE
         total_sent = 0
         stand_in = _FallbackSendfileProtocol(transport)
@@ -288,8 +301,10 @@ class TlsMixin:
                 read = await self.run_in_executor(None, file.readinto, view)
                 if not read:
                     return total_sent
-                await stand_in.drain()
+                # Written, then drained, as 3.12.10+/3.13.5+ do: the call returns once the last
+                # block is below the high-water mark too.
                 transport.write(view[:read])
+                await stand_in.drain()
                 total_sent += read
         finally:
             if total_sent > 0 and hasattr(file, "seek"):

@@ -36,6 +36,8 @@ use super::context::ContextSlot;
 use super::freelist;
 use super::hooks;
 use super::shared::LoopShared;
+use super::threadsafe::ThreadSafeHandle;
+use super::LoopCore;
 use crate::gil_cell::GilCell;
 
 struct Callback {
@@ -64,6 +66,8 @@ impl Flags {
     /// freed: `track_if_held` needs no call into CPython to ask again (a reader's handle leaves
     /// the queue after every event, and that call read the GC header, a line nothing else uses).
     const TRACKED: u8 = 64;
+    /// Made by `call_soon_threadsafe`: a `ThreadSafeHandle`, run under its lock.
+    pub const THREADSAFE: u8 = 128;
 
     fn new(bits: u8) -> Flags {
         Flags(AtomicU8::new(bits))
@@ -162,6 +166,8 @@ pub struct NewHandle<'py> {
     /// Whether `context` was given with `context=` (else it is a snapshot).
     pub context_own: bool,
     pub when: Option<f64>,
+    /// A `ThreadSafeHandle` (`call_soon_threadsafe`).
+    pub threadsafe: bool,
     pub shared: &'py Arc<LoopShared>,
 }
 
@@ -186,6 +192,9 @@ impl<'py> NewHandle<'py> {
         if self.when.is_some() {
             flags |= Flags::SCHEDULED;
         }
+        if self.threadsafe {
+            flags |= Flags::THREADSAFE;
+        }
         Ok(Handle {
             callback: CallbackSlot(UnsafeCell::new(Some(Callback {
                 callback: self.callback.unbind(),
@@ -206,9 +215,13 @@ impl<'py> NewHandle<'py> {
             when,
             shared: Arc::clone(self.shared),
         });
+        let threadsafe = self.threadsafe;
         let handle = self.into_handle(py)?;
         let handle = if let Some(timer) = timer {
             Bound::new(py, PyClassInitializer::from(handle).add_subclass(timer))?.into_super()
+        } else if threadsafe {
+            let init = PyClassInitializer::from(handle).add_subclass(ThreadSafeHandle::default());
+            Bound::new(py, init)?.into_super()
         } else {
             Bound::new(py, handle)?
         };
@@ -302,6 +315,17 @@ impl Handle {
     pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // A thread-safe handle runs under its lock, which `cancel()` from another thread waits
+        // for; it may have been cancelled since the loop took it from the queue.
+        let _held = if this.flags.has(Flags::THREADSAFE) {
+            let held = ThreadSafeHandle::hold_for_run(slf);
+            if this.is_cancelled() {
+                return Ok(());
+            }
+            held
+        } else {
+            None
+        };
         let Some((callback, args)) = this.callback.get(py, &this.flags) else {
             return Ok(());
         };
@@ -335,11 +359,13 @@ impl Handle {
             unsafe { ffi::Py_DECREF(result) };
             Ok(())
         };
-        // Still referenced elsewhere, the handle keeps what its callback set in its Context. A
-        // transport's read or write step runs again and again: it keeps the copy in any case,
-        // so later runs enter it directly instead of copying the snapshot each time.
+        // Still referenced elsewhere, the handle keeps what its callback set in its Context; so
+        // does one whose callback failed, which the exception handler receives (and, from 3.12,
+        // runs in its Context). A transport's read or write step runs again and again: it keeps
+        // the copy in any case, so later runs enter it directly instead of copying the snapshot
+        // each time.
         // SAFETY: `slf` is a live object.
-        if fresh && unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1 {
+        if fresh && (outcome.is_err() || unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1) {
             if native.is_some() {
                 this.context.keep(py, context, &this.flags);
             } else {
@@ -354,10 +380,13 @@ impl Handle {
         }
         let context = PyDict::new(py);
         let callback = this.shown_callback(&callback)?;
+        let debug = event_loop
+            .cast::<LoopCore>()
+            .is_ok_and(|l| l.get().debug_enabled());
         let source = hooks::call(
             py,
             "format_callback_source",
-            (&callback, args.to_tuple(py)?),
+            (&callback, args.to_tuple(py)?, debug),
         )?;
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.value(py))?;

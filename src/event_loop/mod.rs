@@ -17,6 +17,7 @@ mod io;
 mod run;
 mod shared;
 mod stale;
+mod threadsafe;
 
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -247,6 +248,8 @@ impl LoopCore {
         Ok(ctx)
     }
 
+    /// A new handle; `threadsafe` for `call_soon_threadsafe`'s (`threadsafe.rs`).
+    #[allow(clippy::too_many_arguments)]
     fn new_handle<'py>(
         &'py self,
         py: Python<'py>,
@@ -255,6 +258,7 @@ impl LoopCore {
         context: Option<Bound<'py, PyAny>>,
         when: Option<f64>,
         queued_only: bool,
+        threadsafe: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         let (context, context_own) = match context {
             Some(ctx) if !ctx.is_none() => (ContextSlot::new(ctx.unbind()), true),
@@ -266,12 +270,14 @@ impl LoopCore {
             context,
             context_own,
             when,
+            threadsafe,
             shared: &self.shared,
         }
         .create(py, queued_only)
     }
 
-    /// The body of `call_soon` and `call_soon_threadsafe`: checks, a new handle, queued.
+    /// The body of `call_soon` and `call_soon_threadsafe`: checks, a new handle, queued. Called
+    /// without the thread check, it is `call_soon_threadsafe`'s, whose handle is thread-safe.
     pub(crate) fn soon<'py>(
         &'py self,
         py: Python<'py>,
@@ -283,7 +289,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, method, check_thread)?;
-        let handle = self.new_handle(py, callback, args, context, None, true)?;
+        let handle = self.new_handle(py, callback, args, context, None, true, !check_thread)?;
         self.state
             .borrow_mut(py)
             .ready
@@ -303,7 +309,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, Handle>> {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_at", true)?;
-        let handle = self.new_handle(py, callback, args, context, Some(when), true)?;
+        let handle = self.new_handle(py, callback, args, context, Some(when), true, false)?;
         self.state
             .borrow_mut(py)
             .new_timers
@@ -424,6 +430,44 @@ impl LoopCore {
         Ok(())
     }
 
+    /// `create_task` through the task factory (see `create_task`).
+    #[cfg(Py_3_14)]
+    fn call_task_factory<'py>(
+        slf: &Bound<'py, Self>,
+        factory: &Bound<'py, PyAny>,
+        coro: Bound<'py, PyAny>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        factory.call((slf, coro), kwargs.as_ref())
+    }
+
+    /// `create_task` through the task factory (see `create_task`).
+    #[cfg(not(Py_3_14))]
+    fn call_task_factory<'py>(
+        slf: &Bound<'py, Self>,
+        factory: &Bound<'py, PyAny>,
+        coro: Bound<'py, PyAny>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
+        let name = kw.get_item(intern!(py, "name"))?;
+        if name.is_some() {
+            kw.del_item(intern!(py, "name"))?;
+        }
+        if kw
+            .get_item(intern!(py, "context"))?
+            .is_some_and(|c| c.is_none())
+        {
+            kw.del_item(intern!(py, "context"))?;
+        }
+        let task = factory.call((slf, coro), Some(&kw))?;
+        if let Some(name) = name.filter(|n| !n.is_none()) {
+            task.call_method1(intern!(py, "set_name"), (name,))?;
+        }
+        Ok(task)
+    }
+
     /// `add_io` from Python: a socket given as `owner` is watched, so that closing it drops the
     /// registration first (`owner::close_watch`).
     #[allow(clippy::too_many_arguments)]
@@ -459,7 +503,7 @@ impl LoopCore {
         ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
-        let handle = self.new_handle(py, callback, args, None, None, false)?;
+        let handle = self.new_handle(py, callback, args, None, None, false, false)?;
         if kind == IoKind::TransportStep {
             handle.get().mark_transport_step(writer);
         }
@@ -648,47 +692,31 @@ impl LoopCore {
         self.state.borrow(py).thread_id.is_some()
     }
 
-    /// Wraps a coroutine in a task: CPython's C `asyncio.Task`, or the task factory's. Extra
-    /// keywords (newer Pythons' `eager_start`, ...) are passed through.
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    /// Wraps a coroutine in a task: CPython's C `asyncio.Task`, or the task factory's, as the
+    /// running version's stock loop does. Up to 3.13 a factory is called with `context=` only
+    /// when one is given and the task is named afterwards; from 3.14 on every keyword (`name`,
+    /// `context`, `eager_start`, ...) goes to the factory, or to `Task`, as given.
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: Bound<'py, PyAny>,
-        name: Option<Bound<'py, PyAny>>,
-        context: Option<Bound<'py, PyAny>>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
         let factory = slf.getattr(intern!(py, "_task_factory"))?;
-        let kwargs = match kwargs {
-            Some(k) if !k.is_empty() => Some(k),
-            _ => None,
-        };
+        let kwargs = kwargs.filter(|k| !k.is_empty());
         if !factory.is_none() {
-            let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
-            if let Some(ctx) = context.filter(|c| !c.is_none()) {
-                kw.set_item(intern!(py, "context"), ctx)?;
-            }
-            let task = factory.call((slf, coro), Some(&kw))?;
-            if let Some(name) = name.filter(|n| !n.is_none()) {
-                task.call_method1(intern!(py, "set_name"), (name,))?;
-            }
-            return Ok(task);
+            return Self::call_task_factory(slf, &factory, coro, kwargs);
         }
-        let plain = name.as_ref().is_none_or(|n| n.is_none())
-            && context.as_ref().is_none_or(|c| c.is_none())
-            && kwargs.is_none();
-        let kw = if plain {
+        let kw = match kwargs {
             // `name` and `context` default to None: `loop=` alone is the same call.
-            LoopCore::loop_kwargs(slf)?
-        } else {
-            let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
-            kw.set_item(intern!(py, "loop"), slf)?;
-            kw.set_item(intern!(py, "name"), name)?;
-            kw.set_item(intern!(py, "context"), context)?;
-            kw
+            None => LoopCore::loop_kwargs(slf)?,
+            Some(kw) => {
+                kw.set_item(intern!(py, "loop"), slf)?;
+                kw
+            }
         };
         let task = TASK_TYPE
             .import(py, "asyncio.tasks", "Task")?
@@ -811,10 +839,10 @@ impl LoopCore {
         }
     }
 
-    /// The stock loop's private `_add_reader`: no fd ownership check; returns the handle.
-    /// `owner` is the object `fd` came from, `pending` the future of the `sock_*` call the reader
-    /// serves (see `io::Slot`).
-    #[pyo3(signature = (fd, callback, args, *, owner=None, pending=None))]
+    /// The stock loop's private `_add_reader(fd, callback, *args)`: no fd ownership check;
+    /// returns the handle. `owner` is the object `fd` came from, `pending` the future of the
+    /// `sock_*` call the reader serves (see `io::Slot`).
+    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None))]
     fn _add_reader<'py>(
         slf: &Bound<'py, Self>,
         fd: RawFd,
@@ -827,7 +855,7 @@ impl LoopCore {
     }
 
     /// The stock loop's private `_add_writer`, as `_add_reader`.
-    #[pyo3(signature = (fd, callback, args, *, owner=None, pending=None))]
+    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None))]
     fn _add_writer<'py>(
         slf: &Bound<'py, Self>,
         fd: RawFd,

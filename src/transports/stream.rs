@@ -109,7 +109,10 @@ struct State {
     read_guess: usize,
 }
 
-#[pyclass(module = "ferroloop._core", frozen, weakref)]
+/// `dict`: an instance `__dict__`, empty (and unallocated) unless someone sets an attribute, as
+/// `unittest.mock.patch.object(transport, "write", ...)` does on a stock transport; CPython's own
+/// TLS tests patch the transport under TLS that way.
+#[pyclass(module = "ferroloop._core", frozen, weakref, dict)]
 pub struct StreamTransport {
     fd: RawFd,
     /// The socket `fd` belongs to, kept for the transport's life (`state.sock` goes once it is
@@ -178,10 +181,16 @@ fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     }
     Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {}",
+        "data argument must be {WRITE_TYPES}, not {}",
         data.get_type().name()?.repr()?
     )))
 }
+
+/// What the stock `write` names in its TypeError, which 3.14 reworded.
+#[cfg(Py_3_14)]
+const WRITE_TYPES: &str = "a bytes, bytearray, or memoryview object";
+#[cfg(not(Py_3_14))]
+const WRITE_TYPES: &str = "a bytes-like object";
 
 /// A contiguous view of a buffer-protocol object, released on drop.
 struct BufferView(ffi::Py_buffer);
@@ -1153,6 +1162,13 @@ impl StreamTransport {
     #[getter]
     fn _sock_fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// The stock transport's read step as chosen for the protocol (its `_read_ready`), which
+    /// tests of the stock transport look at.
+    #[getter]
+    fn _read_ready_cb<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.getattr(intern!(slf.py(), "_read_ready"))
     }
 
     #[getter]
