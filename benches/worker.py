@@ -16,9 +16,10 @@ QUICK_SCALE = 0.1
 
 # loop name -> (module to import, factory given that module, distribution name for its version)
 LOOPS = {
-    "asyncio": ("asyncio", lambda mod: mod.DefaultEventLoopPolicy._loop_factory(), None),
+    "asyncio": ("asyncio", lambda mod: mod.SelectorEventLoop(), None),
     "uvloop": ("uvloop", lambda mod: mod.new_event_loop(), "uvloop"),
     "rloop": ("rloop", lambda mod: mod.new_event_loop(), "rloop"),
+    "zuvloop": ("zuvloop", lambda mod: mod.new_event_loop(), "zuvloop"),
     "ferroloop": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
 }
 

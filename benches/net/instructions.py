@@ -66,7 +66,7 @@ def sample(loop, case, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES))
-    parser.add_argument("--loops", default="asyncio,uvloop,rloop,ferroloop")
+    parser.add_argument("--loops", default="asyncio,uvloop,rloop,zuvloop,ferroloop")
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -74,11 +74,11 @@ def main():
     build_loadgen()
     loops = available(args.loops.split(","))
     compile_bytecode(loops)
-    print("| case | " + " | ".join(loops) + " | ferroloop / better of uvloop, rloop |")
+    print("| case | " + " | ".join(loops) + " | ferroloop / best of uvloop, rloop, zuvloop |")
     print("|---" * (len(loops) + 2) + "|")
     for case in args.cases.split(","):
         counts = {loop: sample(loop, case, args.seconds) for loop in loops}
-        peers = [counts[p] for p in ("uvloop", "rloop") if p in counts]
+        peers = [counts[p] for p in ("uvloop", "rloop", "zuvloop") if p in counts]
         ratio = f"{counts['ferroloop'] / min(peers):.2f}x" if peers and "ferroloop" in counts else "-"
         cells = [f"{counts[loop]:,.0f}" for loop in loops]
         print(f"| {case} | " + " | ".join(cells) + f" | {ratio} |", flush=True)

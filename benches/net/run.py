@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LOADGEN_DIR = HERE.parent / "loadgen"
 LOADGEN = LOADGEN_DIR / "target" / "release" / "loadgen"
-LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
+LOOPS = ("asyncio", "uvloop", "rloop", "zuvloop", "ferroloop")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -196,7 +196,7 @@ def report(results, loops, markdown):
     return "\n".join(lines)
 
 
-def paired_ratios(results, peers=("uvloop", "rloop")):
+def paired_ratios(results, peers=("uvloop", "rloop", "zuvloop")):
     """Per case, ferroloop's rate over the better peer's: the ratio of the medians, and the ratio
     in each round where ferroloop and a peer both have a sample."""
     out = {}

@@ -2,7 +2,7 @@
 
     python benches/net/server.py LOOP MODE
 
-LOOP is asyncio, uvloop, rloop or ferroloop; MODE one of
+LOOP is asyncio, uvloop, rloop, zuvloop or ferroloop; MODE one of
   sock      echo with loop.sock_accept / sock_recv / sock_sendall
   streams   echo with asyncio.start_server, StreamReader.read and StreamWriter.write + drain
   protocol  echo with an asyncio.Protocol writing back what data_received got
@@ -26,7 +26,7 @@ HTTP_RESPONSE = (
 
 def make_loop(name):
     if name == "asyncio":
-        return asyncio.DefaultEventLoopPolicy._loop_factory()
+        return asyncio.SelectorEventLoop()
     module = __import__(name)
     return module.new_event_loop()
 

@@ -65,7 +65,7 @@ def sample(loop, case, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="http-c64")
-    parser.add_argument("--loops", default="uvloop,rloop,ferroloop")
+    parser.add_argument("--loops", default="uvloop,rloop,zuvloop,ferroloop")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
@@ -83,11 +83,11 @@ def main():
                 us = sample(loop, case, args.seconds)
                 results[case][loop].append(us)
                 print(f"round {rnd + 1} {case} {loop}: user {us:.3f} µs", file=sys.stderr)
-    print("| case | " + " | ".join(loops) + " | ferroloop / better of uvloop, rloop |")
+    print("| case | " + " | ".join(loops) + " | ferroloop / best of uvloop, rloop, zuvloop |")
     print("|---" * (len(loops) + 2) + "|")
     for case in chosen:
         med = {loop: statistics.median(results[case][loop]) for loop in loops}
-        peers = [med[p] for p in ("uvloop", "rloop") if p in med]
+        peers = [med[p] for p in ("uvloop", "rloop", "zuvloop") if p in med]
         ratio = f"{med['ferroloop'] / min(peers):.2f}x" if peers and "ferroloop" in med else "-"
         cells = [f"{med[loop]:.3f}" for loop in loops]
         print(f"| {case} | " + " | ".join(cells) + f" | {ratio} |")
