@@ -109,15 +109,19 @@ struct State {
     read_guess: usize,
 }
 
-/// `dict`: an instance `__dict__`, empty (and unallocated) unless someone sets an attribute, as
-/// `unittest.mock.patch.object(transport, "write", ...)` does on a stock transport; CPython's own
-/// TLS tests patch the transport under TLS that way.
-#[pyclass(module = "ferroloop._core", frozen, weakref, dict)]
+/// From 3.13, `dict`: an instance `__dict__`, unallocated unless someone sets an attribute, as
+/// `unittest.mock.patch.object(transport, "write", ...)` does on a stock transport (CPython's own
+/// TLS tests from 3.13 on patch the transport under TLS that way). Not on 3.11, whose
+/// `object.__new__` allocates the dict at once: a collection it sets off then traverses the
+/// transport before PyO3 has written its fields (`__traverse__` copes, see there).
+#[cfg_attr(Py_3_13, pyclass(module = "ferroloop._core", frozen, weakref, dict))]
+#[cfg_attr(not(Py_3_13), pyclass(module = "ferroloop._core", frozen, weakref))]
 pub struct StreamTransport {
     fd: RawFd,
     /// The socket `fd` belongs to, kept for the transport's life (`state.sock` goes once it is
-    /// closed): every system call checks that it still holds `fd`.
-    owner: Py<PyAny>,
+    /// closed): every system call checks that it still holds `fd`. Always set; an `Option` so
+    /// that `__traverse__` can tell a transport whose fields are not written yet (all zero).
+    owner: Option<Py<PyAny>>,
     /// Whether `owner`'s fd is read from its memory (`cpython::socket::held_fd_known`).
     owner_readable: bool,
     state: GilCell<State>,
@@ -270,7 +274,9 @@ impl StreamTransport {
         let Some(lp) = this.event_loop(py) else {
             return Ok(());
         };
-        let owner = this.owner.bind(py);
+        let Some(owner) = this.owner.as_ref().map(|o| o.bind(py)) else {
+            return Ok(());
+        };
         if on {
             lp.get()
                 .add_transport_io(py, this.fd, writer, slf.clone().into_any(), owner)
@@ -285,7 +291,9 @@ impl StreamTransport {
     /// call fails with EBADF (`crate::owner`, rule 1).
     #[inline(always)]
     fn live_fd(&self, py: Python<'_>) -> RawFd {
-        let owner = self.owner.bind(py);
+        let Some(owner) = self.owner.as_ref().map(|o| o.bind(py)) else {
+            return -1;
+        };
         let held = if self.owner_readable {
             // SAFETY: `owner_readable` is set only when `held_fd` answered for this owner.
             unsafe { cpython::socket::held_fd_known(owner) }
@@ -702,7 +710,7 @@ impl StreamTransport {
             py,
             StreamTransport {
                 fd,
-                owner: sock.clone().unbind(),
+                owner: Some(sock.clone().unbind()),
                 owner_readable: cpython::socket::held_fd(&sock).is_ok(),
                 state: GilCell::new(State {
                     event_loop: Some(event_loop.clone().unbind()),
@@ -1194,6 +1202,10 @@ impl StreamTransport {
     }
 
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if self.owner.is_none() {
+            // Not initialised yet: a collection started while the object was being made.
+            return Ok(());
+        }
         let Some(st) = self.state.try_borrow_in_gc() else {
             return Ok(());
         };
