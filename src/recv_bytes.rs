@@ -43,21 +43,15 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::ptr;
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::core::sys::{self, syscall};
+use crate::cpython::bytes::BytesBuf;
+use crate::cpython::refcount;
 use crate::event_loop::retry_eintr;
 use crate::gil_cell::GilCell;
-
-extern "C" {
-    // CPython's own resize for a `bytes` nothing else references yet (what `socket.recv` uses).
-    // Exported by every CPython 3; PyO3 does not re-export it.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, size: ffi::Py_ssize_t) -> std::ffi::c_int;
-}
 
 /// One non-blocking `recv` of at most `n` bytes from `fd` (retried on EINTR after the signal
 /// handlers ran): the bytes that arrived (empty at end of stream), or the kernel's error.
@@ -147,6 +141,22 @@ pub struct Spare {
     capacity: usize,
 }
 
+impl Spare {
+    fn from(buf: BytesBuf<'_>) -> Spare {
+        let (object, capacity) = buf.into_spare();
+        Spare { object, capacity }
+    }
+
+    /// The spare filled again (a new `bytes` of its size in the impossible case that something
+    /// else came to reference it since it was given back).
+    fn reuse(self, py: Python<'_>) -> PyResult<BytesBuf<'_>> {
+        match BytesBuf::reuse(py, self.object, self.capacity) {
+            Some(buf) => Ok(buf),
+            None => BytesBuf::new(py, self.capacity),
+        }
+    }
+}
+
 /// The loop's spare for transport reads (module doc).
 #[derive(Default)]
 pub struct SpareSlot {
@@ -202,6 +212,12 @@ pub struct Received<'py> {
 }
 
 impl<'py> Received<'py> {
+    /// The first `len` bytes of `buf`, its room kept for a later read.
+    fn from(buf: BytesBuf<'py>, len: usize) -> Received<'py> {
+        let (bytes, capacity) = buf.hand_over(len);
+        Received { bytes, capacity }
+    }
+
     pub fn bytes(&self) -> &Bound<'py, PyBytes> {
         &self.bytes
     }
@@ -213,10 +229,8 @@ impl<'py> Received<'py> {
     /// After the protocol had the bytes: the object goes back to `slot` if nothing else
     /// references it and it is worth keeping.
     pub fn give_back(self, slot: &GilCell<SpareSlot>) {
-        // SAFETY: `bytes` is a live object; reading its reference count has no effect.
-        let alone = unsafe { ffi::Py_REFCNT(self.bytes.as_ptr()) } == 1;
-        if alone {
-            let py = self.bytes.py();
+        let py = self.bytes.py();
+        if refcount::is_unique(py, self.bytes.as_ptr()) {
             slot.borrow_mut(py).offer(Spare {
                 object: self.bytes.unbind(),
                 capacity: self.capacity,
@@ -257,25 +271,25 @@ pub fn recv_lending<'py>(
         .take_within(want, want.saturating_mul(4));
     let lent = spare.is_some();
     let mut filling = match spare {
-        Some(spare) => Filling::lend(py, spare),
-        None => Filling::new(py, want)?,
+        Some(spare) => spare.reuse(py)?,
+        None => BytesBuf::new(py, want)?,
     };
-    let total = match filling.fill(fd, max)? {
+    let total = match fill(py, &mut filling, fd, max)? {
         Ok(total) => total,
         Err(e) => {
             if lent {
-                slot.borrow_mut(py).offer(filling.into_spare());
+                slot.borrow_mut(py).offer(Spare::from(filling));
             }
             return Ok(Err(e));
         }
     };
     *guess = total.saturating_mul(2);
-    if total > 0 && total.saturating_mul(2) >= filling.len {
-        return Ok(Ok(filling.hand_over(total)));
+    if total > 0 && total.saturating_mul(2) >= filling.len() {
+        return Ok(Ok(Received::from(filling, total)));
     }
     let bytes = if lent {
         let bytes = PyBytes::new(py, &filling.as_mut_slice()[..total]);
-        slot.borrow_mut(py).offer(filling.into_spare());
+        slot.borrow_mut(py).offer(Spare::from(filling));
         bytes
     } else {
         filling.finish(total)?
@@ -312,18 +326,18 @@ fn recv_small<'py>(
         let spare =
             slot.and_then(|slot| slot.borrow_mut(py).take_within(got, got.saturating_mul(2)));
         if let Some(spare) = spare {
-            let mut filling = Filling::lend(py, spare);
+            let mut filling = spare.reuse(py)?;
             filling.as_mut_slice()[..got].copy_from_slice(arrived);
-            return Ok(Ok(filling.hand_over(got)));
+            return Ok(Ok(Received::from(filling, got)));
         }
         return Ok(Ok(Received {
             bytes: PyBytes::new(py, arrived),
             capacity: got,
         }));
     }
-    let mut bytes = Filling::new(py, got)?;
+    let mut bytes = BytesBuf::new(py, got)?;
     bytes.as_mut_slice().copy_from_slice(arrived);
-    let total = bytes.read_waiting(fd, got, max)?;
+    let total = read_waiting(py, &mut bytes, fd, got, max)?;
     Ok(Ok(Received {
         bytes: bytes.finish(total)?,
         capacity: total,
@@ -337,8 +351,8 @@ fn recv_sized(
     size: usize,
     max: usize,
 ) -> PyResult<io::Result<Bound<'_, PyBytes>>> {
-    let mut bytes = Filling::new(py, size)?;
-    match bytes.fill(fd, max)? {
+    let mut bytes = BytesBuf::new(py, size)?;
+    match fill(py, &mut bytes, fd, max)? {
         Ok(total) => bytes.finish(total).map(Ok),
         Err(e) => Ok(Err(e)),
     }
@@ -360,6 +374,61 @@ unsafe fn recv_raw(
     retry_eintr(py, || unsafe { sys::recv_raw(fd, buf.cast(), len) })
 }
 
+/// One `recv` into the whole of `buf` and, if that fills it, of what more is waiting
+/// (`read_waiting`): how many bytes it holds now, or the first `recv`'s error.
+fn fill(
+    py: Python<'_>,
+    buf: &mut BytesBuf<'_>,
+    fd: RawFd,
+    max: usize,
+) -> PyResult<io::Result<usize>> {
+    let got = match recv_at(py, buf, fd, 0)? {
+        Ok(got) => got,
+        Err(e) => return Ok(Err(e)),
+    };
+    if got == buf.len() {
+        return read_waiting(py, buf, fd, got, max).map(Ok);
+    }
+    Ok(Ok(got))
+}
+
+/// After `got` bytes filled `buf`: grows it by what is waiting on `fd` (up to `max` in all) and
+/// reads that too; returns how many bytes it holds now.
+fn read_waiting(
+    py: Python<'_>,
+    buf: &mut BytesBuf<'_>,
+    fd: RawFd,
+    got: usize,
+    max: usize,
+) -> PyResult<usize> {
+    if got >= max {
+        return Ok(got);
+    }
+    let waiting = bytes_waiting(fd);
+    if waiting == 0 {
+        return Ok(got);
+    }
+    buf.resize(got.saturating_add(waiting).min(max))?;
+    // With bytes waiting, TCP and Unix sockets return them before any pending error, so this
+    // cannot take an error the next read should have reported.
+    Ok(match recv_at(py, buf, fd, got)? {
+        Ok(more) => got + more,
+        Err(_) => got,
+    })
+}
+
+/// One `recv` into `buf` from `offset` to its end.
+fn recv_at(
+    py: Python<'_>,
+    buf: &mut BytesBuf<'_>,
+    fd: RawFd,
+    offset: usize,
+) -> PyResult<io::Result<usize>> {
+    let rest = &mut buf.as_mut_slice()[offset..];
+    // SAFETY: `rest` is writable memory of `rest.len()` bytes, borrowed for the call.
+    unsafe { recv_raw(py, fd, rest.as_mut_ptr().cast(), rest.len()) }
+}
+
 /// How many received bytes wait to be read on `fd` (0 if the socket cannot tell).
 fn bytes_waiting(fd: RawFd) -> usize {
     let mut waiting: libc::c_int = 0;
@@ -367,166 +436,5 @@ fn bytes_waiting(fd: RawFd) -> usize {
     match syscall!(ioctl(fd, libc::FIONREAD, &mut waiting as *mut libc::c_int)) {
         Ok(_) => usize::try_from(waiting).unwrap_or(0),
         Err(_) => 0,
-    }
-}
-
-/// Sets the size of a `bytes` (`Py_SET_SIZE`, which PyO3 does not export).
-///
-/// # Safety
-/// `object` is a `bytes` that nothing else references, with storage for at least `len` bytes
-/// and the NUL after them.
-unsafe fn set_size(object: *mut ffi::PyObject, len: usize) {
-    // SAFETY: per the contract; a `bytes` starts with a PyVarObject header.
-    unsafe { (*object.cast::<ffi::PyVarObject>()).ob_size = len as ffi::Py_ssize_t };
-}
-
-/// A `bytes` being filled, referenced by nothing else until `finish` hands it over: the
-/// condition for resizing it in place.
-struct Filling<'py> {
-    py: Python<'py>,
-    object: *mut ffi::PyObject,
-    len: usize,
-}
-
-impl<'py> Filling<'py> {
-    fn new(py: Python<'py>, len: usize) -> PyResult<Self> {
-        let size = ffi::Py_ssize_t::try_from(len).unwrap_or(ffi::Py_ssize_t::MAX);
-        // SAFETY: a null source asks CPython for an uninitialised `bytes` of `size` bytes; the
-        // result is a new reference or null with MemoryError set.
-        let object = unsafe { ffi::PyBytes_FromStringAndSize(ptr::null(), size) };
-        if object.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        Ok(Filling { py, object, len })
-    }
-
-    /// Fills the spare's object again: its size is set back to the room it has.
-    fn lend(py: Python<'py>, spare: Spare) -> Self {
-        let object = spare.object.into_ptr();
-        // SAFETY: `object` is a `bytes` nobody else references, whose storage was made for
-        // `capacity` bytes (and the final NUL); a `bytes` is a PyVarObject.
-        unsafe { set_size(object, spare.capacity) };
-        Filling {
-            py,
-            object,
-            len: spare.capacity,
-        }
-    }
-
-    /// The object, to be filled again later: its whole storage is the room it has.
-    fn into_spare(mut self) -> Spare {
-        let object = std::mem::replace(&mut self.object, ptr::null_mut());
-        Spare {
-            // SAFETY: `object` is a `bytes` we own; the reference moves to the `Py`.
-            object: unsafe { Bound::from_owned_ptr(self.py, object).cast_into_unchecked() }
-                .unbind(),
-            capacity: self.len,
-        }
-    }
-
-    /// The object as a `bytes` of its first `len` bytes, its storage left as it is, so that it
-    /// can be filled again up to its present size (`Received::give_back`).
-    fn hand_over(mut self, len: usize) -> Received<'py> {
-        let capacity = self.len;
-        let object = std::mem::replace(&mut self.object, ptr::null_mut());
-        // SAFETY: `object` is a `bytes` we own with `capacity >= len` bytes of storage and room
-        // for the final NUL after them; as `_PyBytes_Resize` does, the cached hash is cleared,
-        // since the object may have been hashed while lent before. The reference moves to the
-        // `Bound`.
-        unsafe {
-            set_size(object, len);
-            let bytes = object.cast::<ffi::PyBytesObject>();
-            *ffi::PyBytes_AS_STRING(object).cast_mut().add(len) = 0;
-            #[allow(deprecated)]
-            {
-                (*bytes).ob_shash = -1;
-            }
-            Received {
-                bytes: Bound::from_owned_ptr(self.py, object).cast_into_unchecked(),
-                capacity,
-            }
-        }
-    }
-
-    fn resize(&mut self, len: usize) -> PyResult<()> {
-        // SAFETY: `object` is a `bytes` with one reference, ours, and no other user; on
-        // failure CPython releases it, sets the pointer to null and raises.
-        if unsafe { _PyBytes_Resize(&mut self.object, len as ffi::Py_ssize_t) } != 0 {
-            return Err(PyErr::fetch(self.py));
-        }
-        self.len = len;
-        Ok(())
-    }
-
-    /// The whole object, for a copy into it.
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `object` is a live `bytes` of `len` bytes that only we reference; u8 has no
-        // invalid values, so viewing uninitialised storage as bytes to overwrite it is sound.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                ffi::PyBytes_AS_STRING(self.object).cast_mut().cast(),
-                self.len,
-            )
-        }
-    }
-
-    /// One `recv` into the whole object and, if that fills it, of what more is waiting
-    /// (`read_waiting`): how many bytes it holds now, or the first `recv`'s error.
-    fn fill(&mut self, fd: RawFd, max: usize) -> PyResult<io::Result<usize>> {
-        let got = match self.recv_at(fd, 0)? {
-            Ok(got) => got,
-            Err(e) => return Ok(Err(e)),
-        };
-        if got == self.len {
-            return self.read_waiting(fd, got, max).map(Ok);
-        }
-        Ok(Ok(got))
-    }
-
-    /// After `got` bytes filled the object: grows it by what is waiting on `fd` (up to `max`
-    /// in all) and reads that too; returns how many bytes it holds now.
-    fn read_waiting(&mut self, fd: RawFd, got: usize, max: usize) -> PyResult<usize> {
-        if got >= max {
-            return Ok(got);
-        }
-        let waiting = bytes_waiting(fd);
-        if waiting == 0 {
-            return Ok(got);
-        }
-        self.resize(got.saturating_add(waiting).min(max))?;
-        // With bytes waiting, TCP and Unix sockets return them before any pending error, so
-        // this cannot take an error the next read should have reported.
-        Ok(match self.recv_at(fd, got)? {
-            Ok(more) => got + more,
-            Err(_) => got,
-        })
-    }
-
-    /// One `recv` into the bytes from `offset` to the end.
-    fn recv_at(&mut self, fd: RawFd, offset: usize) -> PyResult<io::Result<usize>> {
-        // SAFETY: `object` is a live `bytes` of `len` bytes that only we reference, and
-        // `offset <= len`, so `start` points inside its storage, `len - offset` bytes before
-        // its end.
-        unsafe {
-            let start = ffi::PyBytes_AS_STRING(self.object).cast_mut().add(offset);
-            recv_raw(self.py, fd, start.cast(), self.len - offset)
-        }
-    }
-
-    /// The bytes, cut to their first `len` (all written by `recv_at`).
-    fn finish(mut self, len: usize) -> PyResult<Bound<'py, PyBytes>> {
-        if len != self.len {
-            self.resize(len)?;
-        }
-        let object = std::mem::replace(&mut self.object, ptr::null_mut());
-        // SAFETY: `object` is a `bytes` we own; the reference moves to the `Bound`.
-        Ok(unsafe { Bound::from_owned_ptr(self.py, object).cast_into_unchecked() })
-    }
-}
-
-impl Drop for Filling<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `object` is null or a reference we own, released once here.
-        unsafe { ffi::Py_XDECREF(self.object) };
     }
 }

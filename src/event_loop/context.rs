@@ -21,89 +21,18 @@
 //!   that Context equals the snapshot, and no Python code can hold the Context object it ran in:
 //!   `copy_context()` returns copies).
 //!
-//! Comparing mappings needs the Context's `ctx_vars` field, which CPython does not export. Its
-//! place is probed once at start-up (`vars_offset`): if the probe does not find the mapping where
-//! every CPython from 3.7 to 3.14 keeps it, every handle gets its own copy, as in the stock loop.
+//! Comparing mappings needs the Context's `ctx_vars` field, which CPython does not export: it is
+//! read through `cpython::context`, which answers `None` where the layout is not vouched for;
+//! every handle then gets its own copy, as in the stock loop.
 
 use std::cell::UnsafeCell;
-use std::ffi::CStr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 
 use super::handle::Flags;
-
-/// Where `ctx_vars` sits in a Context: after the object header and the `ctx_prev` pointer.
-const CANDIDATE_OFFSET: usize = std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<usize>();
-
-static VARS_OFFSET: PyOnceLock<Option<usize>> = PyOnceLock::new();
-
-/// The mapping pointer stored at `offset` in `ctx`.
-///
-/// # Safety
-/// The GIL is held, `ctx` is a live Context and `offset` was validated by `probe`.
-unsafe fn vars_at(ctx: *mut ffi::PyObject, offset: usize) -> *mut ffi::PyObject {
-    // SAFETY: per the contract, `offset` lies inside the Context object and holds a pointer.
-    unsafe { *(ctx.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>()) }
-}
-
-/// Whether `ptr` is a live object of CPython's internal `hamt` type.
-///
-/// # Safety
-/// The GIL is held and `ptr` is NULL or a live object.
-unsafe fn is_hamt(ptr: *mut ffi::PyObject) -> bool {
-    if ptr.is_null() {
-        return false;
-    }
-    // SAFETY: `ptr` is a live object, so its type and the type's name are valid.
-    unsafe { CStr::from_ptr((*ffi::Py_TYPE(ptr)).tp_name) == c"hamt" }
-}
-
-/// Checks that `CANDIDATE_OFFSET` holds a Context's variable mapping: a `hamt`, shared by a copy,
-/// replaced by a new `hamt` when a variable is set in the copy.
-fn probe(py: Python<'_>) -> PyResult<bool> {
-    let off = CANDIDATE_OFFSET;
-    // SAFETY: the GIL is held; each call returns a new reference or NULL with an exception set
-    // (turned into Err); the Contexts are live while their `Bound`s are, so reading their fields
-    // at `off` stays inside the object (a Context is larger than the header and two pointers);
-    // Enter/Exit are paired.
-    unsafe {
-        let first = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())?;
-        let before = vars_at(first.as_ptr(), off);
-        if !is_hamt(before) {
-            return Ok(false);
-        }
-        let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(first.as_ptr()))?;
-        if vars_at(copy.as_ptr(), off) != before {
-            return Ok(false);
-        }
-        let var = Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyContextVar_New(c"ferroloop_probe".as_ptr(), std::ptr::null_mut()),
-        )?;
-        if ffi::PyContext_Enter(copy.as_ptr()) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let token = ffi::PyContextVar_Set(var.as_ptr(), ffi::Py_None());
-        let exited = ffi::PyContext_Exit(copy.as_ptr());
-        let _token = Bound::from_owned_ptr_or_err(py, token)?;
-        if exited < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let after = vars_at(copy.as_ptr(), off);
-        Ok(after != before && is_hamt(after) && vars_at(first.as_ptr(), off) == before)
-    }
-}
-
-/// Where a Context keeps its variables, probed on first use. The first call releases the GIL
-/// (`PyOnceLock` does while it initialises), so it must not happen under the loop state's borrow:
-/// another thread could take the GIL and find the state borrowed (see `gil_cell.rs`).
-pub fn vars_offset(py: Python<'_>) -> Option<usize> {
-    *VARS_OFFSET.get_or_init(py, || {
-        probe(py).unwrap_or(false).then_some(CANDIDATE_OFFSET)
-    })
-}
+use crate::cpython::context::VarsReader;
+use crate::cpython::refcount;
 
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held; returns a new reference or NULL with an exception set.
@@ -129,23 +58,21 @@ impl Snapshots {
     /// are the same, else a new one, which becomes the last. The second value is the previous
     /// snapshot when it was replaced, for the caller to drop outside any borrow.
     ///
-    /// `current` is a fresh copy of the current Context (`copy_current`) and `offset` is
-    /// `vars_offset`, both got before the loop's state is borrowed: allocating can start a
-    /// collection, which can run arbitrary code, and the first `vars_offset` releases the GIL.
+    /// `current` is a fresh copy of the current Context (`copy_current`) and `reader` is
+    /// `cpython::context::vars_reader`, both got before the loop's state is borrowed: allocating
+    /// can start a collection, which can run arbitrary code, and the first `vars_reader` releases
+    /// the GIL.
     pub fn take(
         &mut self,
         py: Python<'_>,
         current: Py<PyAny>,
-        offset: Option<usize>,
+        reader: Option<VarsReader>,
     ) -> (Py<PyAny>, Option<Py<PyAny>>) {
-        let Some(offset) = offset else {
+        let Some(reader) = reader else {
             return (current, None);
         };
         if let Some(last) = &self.last {
-            // SAFETY: both are live Contexts and `offset` was validated by `probe`.
-            let same =
-                unsafe { vars_at(last.as_ptr(), offset) == vars_at(current.as_ptr(), offset) };
-            if same {
+            if reader.same_vars(py, last, &current) {
                 // The caller drops `current`: it goes back to CPython's Context free list.
                 return (last.clone_ref(py), Some(current));
             }
@@ -235,8 +162,7 @@ impl ContextSlot {
             return Ok((ctx, false));
         }
         // Two references, the cell's and `ctx`, mean no other handle shares it.
-        // SAFETY: `ctx` is a live object.
-        if unsafe { ffi::Py_REFCNT(ctx.as_ptr()) } <= 2 {
+        if !refcount::held_beyond(py, ctx.as_ptr(), 2) {
             flags.set(Flags::CONTEXT_OWN);
             return Ok((ctx, false));
         }
@@ -252,11 +178,11 @@ impl ContextSlot {
     /// in it, so that `get_context()` shows it; otherwise the copy, identical to the snapshot,
     /// is let go (a later `get_context()` makes an equal one).
     pub fn keep_if_written(&self, py: Python<'_>, ran_in: Bound<'_, PyAny>, flags: &Flags) {
-        let Some(offset) = vars_offset(py) else {
-            return self.keep(py, ran_in, flags);
+        let written = match crate::cpython::context::vars_reader(py) {
+            // SAFETY: see the Sync impl: the shared reference lives only for the comparison.
+            Some(reader) => !reader.same_vars(py, ran_in.as_unbound(), unsafe { &*self.0.get() }),
+            None => true,
         };
-        // SAFETY: both are live Contexts and `offset` was validated by `probe`.
-        let written = unsafe { vars_at(ran_in.as_ptr(), offset) != vars_at(self.as_ptr(), offset) };
         if written {
             self.keep(py, ran_in, flags);
         }

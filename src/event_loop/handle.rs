@@ -38,6 +38,7 @@ use super::hooks;
 use super::shared::LoopShared;
 use super::threadsafe::ThreadSafeHandle;
 use super::LoopCore;
+use crate::cpython::refcount;
 use crate::gil_cell::GilCell;
 
 struct Callback {
@@ -252,8 +253,7 @@ impl Handle {
     /// again if anything else still references it, and one nobody else references gives up its
     /// callback at once.
     pub fn leave_queue(slf: &Bound<'_, Handle>) {
-        // SAFETY: `slf` is a live object.
-        if unsafe { ffi::Py_REFCNT(slf.as_ptr()) } == 1 {
+        if refcount::is_unique(slf.py(), slf.as_ptr()) {
             // About to be freed, and unreachable by anyone else: the callback is released here,
             // where dropping a `Bound` is a plain decref (PyO3's dealloc drops `Py` fields, each
             // first asking through a thread-local whether the thread is attached).
@@ -272,15 +272,15 @@ impl Handle {
     pub fn track_if_held(slf: &Bound<'_, Handle>, ours: isize) {
         let ptr = slf.as_ptr();
         let flags = &slf.get().flags;
-        // SAFETY: `ptr` is a live object (the Bound holds a reference) of a GC type; tracking it
-        // only when it is untracked is what PyObject_GC_Track requires.
-        unsafe {
-            if ffi::Py_REFCNT(ptr) > ours && !flags.has(Flags::TRACKED) {
+        if refcount::held_beyond(slf.py(), ptr, ours) && !flags.has(Flags::TRACKED) {
+            // SAFETY: `ptr` is a live object (the Bound holds a reference) of a GC type;
+            // tracking it only when it is untracked is what PyObject_GC_Track requires.
+            unsafe {
                 if ffi::PyObject_GC_IsTracked(ptr) == 0 {
                     ffi::PyObject_GC_Track(ptr.cast());
                 }
-                flags.set(Flags::TRACKED);
             }
+            flags.set(Flags::TRACKED);
         }
     }
 
@@ -364,8 +364,7 @@ impl Handle {
         // runs in its Context). A transport's read or write step runs again and again: it keeps
         // the copy in any case, so later runs enter it directly instead of copying the snapshot
         // each time.
-        // SAFETY: `slf` is a live object.
-        if fresh && (outcome.is_err() || unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1) {
+        if fresh && (outcome.is_err() || refcount::held_beyond(py, slf.as_ptr(), 1)) {
             if native.is_some() {
                 this.context.keep(py, context, &this.flags);
             } else {

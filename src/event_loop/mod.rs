@@ -236,13 +236,13 @@ impl LoopCore {
 
     /// A Context with the current variables, for a handle scheduled without `context=`.
     fn snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let offset = context::vars_offset(py);
+        let reader = crate::cpython::context::vars_reader(py);
         let current = context::copy_current(py)?;
         let (ctx, garbage) = self
             .state
             .borrow_mut(py)
             .snapshots
-            .take(py, current, offset);
+            .take(py, current, reader);
         // Released as a `Bound`: a plain decref (see `args.rs`).
         drop(garbage.map(|g| g.into_bound(py)));
         Ok(ctx)
