@@ -3,7 +3,6 @@
 pub mod core;
 mod cpython;
 mod event_loop;
-mod gil_cell;
 mod owner;
 mod recv_bytes;
 mod sock;
@@ -22,7 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transports::install_fast_write(m.py())?;
     m.add_class::<sock::SockWaiter>()?;
     m.add_class::<owner::close_watch::IoRefs>()?;
-    m.add_function(wrap_pyfunction!(owner::socket_layout_read, m)?)?;
+    m.add_function(wrap_pyfunction!(cpython::_tricks, m)?)?;
     m.add_function(wrap_pyfunction!(sock::sock_recv_start, m)?)?;
     m.add_function(wrap_pyfunction!(sock::sock_sendall_start, m)?)?;
     event_loop::install_free_lists(m.py());

@@ -48,10 +48,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::core::sys::{self, syscall};
-use crate::cpython::bytes::BytesBuf;
+use crate::cpython::bytes::{self, BytesBuf};
+use crate::cpython::gil::GilCell;
 use crate::cpython::refcount;
 use crate::event_loop::retry_eintr;
-use crate::gil_cell::GilCell;
 
 /// One non-blocking `recv` of at most `n` bytes from `fd` (retried on EINTR after the signal
 /// handlers ran): the bytes that arrived (empty at end of stream), or the kernel's error.
@@ -185,7 +185,7 @@ impl SpareSlot {
     /// one with room above `LEND_UP_TO`. A `bytes` dropped here (the one replaced, or `spare`)
     /// runs no Python code.
     fn offer(&mut self, spare: Spare) {
-        if spare.capacity > LEND_UP_TO {
+        if spare.capacity > LEND_UP_TO || !bytes::reuse_allowed() {
             return;
         }
         if self.spare.is_none() || self.misses >= MISSES_BEFORE_REPLACING {
@@ -257,7 +257,7 @@ pub fn recv_lending<'py>(
         return Ok(read);
     }
     let want = (*guess).min(max);
-    if want > LEND_UP_TO {
+    if want > LEND_UP_TO || !bytes::reuse_allowed() {
         let read = recv_bytes_guessing(py, fd, guess, max)?;
         return Ok(read.map(|bytes| Received {
             capacity: bytes.as_bytes().len(),

@@ -28,8 +28,8 @@ use pyo3::types::PyBytes;
 use pyo3::PyTraverseError;
 
 use crate::core::sys;
+use crate::cpython::gil::GilCell;
 use crate::event_loop::{os_error, Handle, LoopCore, Ties, Which};
-use crate::gil_cell::GilCell;
 use crate::owner::{self, close_watch};
 use crate::recv_bytes::{recv_bytes, recv_bytes_guessing};
 

@@ -364,7 +364,7 @@ def test_the_fileno_fallback_gives_the_same_protection():
     code = textwrap.dedent(
         """
         import asyncio, errno, os, socket, ferroloop
-        assert not ferroloop._core.socket_layout_read()
+        assert not ferroloop._core._tricks()["socket_fd"]
         loop = ferroloop.new_event_loop()
 
         def pair():
@@ -415,4 +415,4 @@ def test_the_fileno_fallback_gives_the_same_protection():
 
 @pytest.mark.skipif(os.environ.get("FERROLOOP_LAYOUT_READS") == "0", reason="turned off")
 def test_layout_reads_are_on_by_default():
-    assert ferroloop._core.socket_layout_read()
+    assert ferroloop._core._tricks()["socket_fd"]

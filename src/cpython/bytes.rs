@@ -23,6 +23,12 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, size: ffi::Py_ssize_t) -> std::ffi::c_int;
 }
 
+/// Whether a `bytes` may be reused and handed over with more storage than its size (both write
+/// its layout); `FERROLOOP_LAYOUT_READS=0` turns it off, and every read then gets a new `bytes`.
+pub fn reuse_allowed() -> bool {
+    super::layout_reads_allowed()
+}
+
 /// Sets the size of a `bytes` (`Py_SET_SIZE`, which PyO3 does not export).
 ///
 /// # Safety

@@ -205,6 +205,11 @@ pub unsafe fn held_fd_known(obj: &Bound<'_, PyAny>) -> Option<RawFd> {
     (fd >= 0).then_some(fd)
 }
 
+/// Whether `_io_refs` is read from socket objects' memory in this process (the probe's verdict).
+pub fn io_refs_readable(py: Python<'_>) -> bool {
+    layout(py).is_some_and(|l| l.io_refs.is_some())
+}
+
 /// Whether `sock_fd` is read from socket objects in this process (the probe's verdict).
 pub fn layout_trusted(py: Python<'_>) -> bool {
     layout(py).is_some_and(|l| l.trusted)

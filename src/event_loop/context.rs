@@ -25,13 +25,12 @@
 //! read through `cpython::context`, which answers `None` where the layout is not vouched for;
 //! every handle then gets its own copy, as in the stock loop.
 
-use std::cell::UnsafeCell;
-
 use pyo3::ffi;
 use pyo3::prelude::*;
 
 use super::handle::Flags;
 use crate::cpython::context::VarsReader;
+use crate::cpython::gil::GilSlot;
 use crate::cpython::refcount;
 
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -103,37 +102,32 @@ impl Snapshots {
 /// The handle's side: its Context. Whether that Context is the handle's own (not a snapshot
 /// other handles may share) is the handle's `CONTEXT_OWN` flag, kept with its other flags so the
 /// handle stays small.
-pub struct ContextSlot(UnsafeCell<Py<PyAny>>);
-
-// SAFETY: the cell is read and written only with the GIL held (every method takes a `Python`
-// token or runs in the collector's traverse, which holds it), and no access runs Python code
-// while a reference into the cell is live, so accesses never overlap.
-unsafe impl Sync for ContextSlot {}
+pub struct ContextSlot(GilSlot<Py<PyAny>>);
 
 impl ContextSlot {
     /// A Context given with `context=` (the handle's own, entered as it is; set `CONTEXT_OWN`),
     /// or a snapshot from `Snapshots::take`, possibly shared.
     pub fn new(ctx: Py<PyAny>) -> ContextSlot {
-        ContextSlot(UnsafeCell::new(ctx))
+        ContextSlot(GilSlot::new(ctx))
     }
 
     fn current<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        // SAFETY: see the Sync impl: the shared reference lives only across one incref.
-        unsafe { (*self.0.get()).bind(py).clone() }
+        // SAFETY: one incref runs no Python code.
+        unsafe { self.0.with(py, |ctx| ctx.bind(py).clone()) }
     }
 
-    fn replace(&self, _py: Python<'_>, ctx: Py<PyAny>, flags: &Flags) {
-        // SAFETY: see the Sync impl: no other reference into the cell is live.
-        let old = unsafe { std::mem::replace(&mut *self.0.get(), ctx) };
+    fn replace(&self, py: Python<'_>, ctx: Py<PyAny>, flags: &Flags) {
+        // SAFETY: swapping two pointers runs no Python code.
+        let old = unsafe { self.0.with(py, |slot| std::mem::replace(slot, ctx)) };
         flags.set(Flags::CONTEXT_OWN);
-        // Dropped once the cell is written: freeing a Context can free its variables' values,
+        // Dropped once the slot is written: freeing a Context can free its variables' values,
         // which can run arbitrary `__del__` code.
         drop(old);
     }
 
-    pub fn as_ptr(&self) -> *mut ffi::PyObject {
-        // SAFETY: see the Sync impl; only the pointer value is read.
-        unsafe { (*self.0.get()).as_ptr() }
+    pub fn as_ptr(&self, py: Python<'_>) -> *mut ffi::PyObject {
+        // SAFETY: reading the pointer runs no Python code.
+        unsafe { self.0.with(py, |ctx| ctx.as_ptr()) }
     }
 
     /// The handle's own Context, for `get_context()`: a shared snapshot is first swapped for a
@@ -179,8 +173,11 @@ impl ContextSlot {
     /// is let go (a later `get_context()` makes an equal one).
     pub fn keep_if_written(&self, py: Python<'_>, ran_in: Bound<'_, PyAny>, flags: &Flags) {
         let written = match crate::cpython::context::vars_reader(py) {
-            // SAFETY: see the Sync impl: the shared reference lives only for the comparison.
-            Some(reader) => !reader.same_vars(py, ran_in.as_unbound(), unsafe { &*self.0.get() }),
+            // SAFETY: comparing two pointers runs no Python code.
+            Some(reader) => unsafe {
+                self.0
+                    .with(py, |ctx| !reader.same_vars(py, ran_in.as_unbound(), ctx))
+            },
             None => true,
         };
         if written {
@@ -189,7 +186,6 @@ impl ContextSlot {
     }
 
     pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        // SAFETY: the collector runs with the GIL held and outside any access to the slot.
-        visit.call(unsafe { &*self.0.get() })
+        self.0.in_gc(|ctx| visit.call(ctx))
     }
 }

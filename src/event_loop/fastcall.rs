@@ -20,21 +20,18 @@
 //! for any thread it does not count. `call_soon_threadsafe`, made to be called from other
 //! threads, keeps PyO3's trampoline.
 
-use std::any::Any;
-use std::ffi::{c_char, CStr};
-use std::panic::{self, AssertUnwindSafe};
+use std::ffi::CStr;
 
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
-use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::intern;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::args::CallArgs;
 use super::LoopCore;
+use crate::cpython::trampoline::{add_fastcall_method, get_trampoline_function, light_trampoline};
 
 /// The arguments of one call, split as `(*leading, *rest, context=...)`.
 struct Parsed<'a, 'py> {
@@ -297,39 +294,6 @@ entry_point!(call_at, &["when", "callback"], |lp, p, cargs| lp.get().at(
     context(&p)
 ));
 
-/// Runs a raw method's `body` with panics caught and turned into `PanicException`, its error
-/// restored as the pending exception: PyO3's trampoline without the attach count (module doc).
-///
-/// # Safety
-/// Called from a C method CPython called, so with the GIL held.
-#[inline(always)]
-pub unsafe fn light_trampoline(
-    body: impl FnOnce(Python<'_>) -> PyResult<*mut ffi::PyObject>,
-) -> *mut ffi::PyObject {
-    // SAFETY: per the contract, the thread holds the GIL.
-    let py = unsafe { Python::assume_attached() };
-    let err = match panic::catch_unwind(AssertUnwindSafe(|| body(py))) {
-        Ok(Ok(result)) => return result,
-        Ok(Err(err)) => err,
-        Err(payload) => panic_error(payload),
-    };
-    err.restore(py);
-    std::ptr::null_mut()
-}
-
-/// A caught panic as the `PanicException` PyO3 raises for one, with the panic's message.
-#[cold]
-fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {
-    let message = match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(text) => (*text).to_owned(),
-            Err(_) => "panic from Rust code".to_owned(),
-        },
-    };
-    PanicException::new_err(message)
-}
-
 /// Declares `$light`, the C entry that runs `$inner` through `light_trampoline`.
 macro_rules! light_entry {
     ($light:ident => $inner:ident) => {
@@ -380,32 +344,4 @@ pub fn install(ty: &Bound<'_, PyType>) -> PyResult<()> {
         add_fastcall_method(ty, name, meth, doc)?;
     }
     Ok(())
-}
-
-/// Sets `ty.<name>` to a method descriptor for the raw `METH_FASTCALL | METH_KEYWORDS` function
-/// `meth` (a trampoline around a Rust entry point), replacing any method of that name.
-pub fn add_fastcall_method(
-    ty: &Bound<'_, PyType>,
-    name: &'static CStr,
-    meth: ffi::PyCFunctionFastWithKeywords,
-    doc: &'static CStr,
-) -> PyResult<()> {
-    let py = ty.py();
-    // The definition must outlive the type, which lives as long as the interpreter.
-    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: name.as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: meth,
-        },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: doc.as_ptr() as *const c_char,
-    }));
-    // SAFETY: the GIL is held; `ty` is a live type object and `def` a valid, leaked method
-    // definition; the result is a new reference or NULL with an exception set.
-    let descr =
-        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))? };
-    let name = name
-        .to_str()
-        .map_err(|e| PySystemError::new_err(e.to_string()))?;
-    ty.setattr(name, descr)
 }

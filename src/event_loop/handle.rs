@@ -20,7 +20,6 @@
 //! Both classes recycle freed objects (`freelist.rs`); a recycled handle starts untracked by the
 //! collector, and `create` sets the tracking each kind of handle needs.
 
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -38,8 +37,8 @@ use super::hooks;
 use super::shared::LoopShared;
 use super::threadsafe::ThreadSafeHandle;
 use super::LoopCore;
+use crate::cpython::gil::{GilCell, GilSlot};
 use crate::cpython::refcount;
-use crate::gil_cell::GilCell;
 
 struct Callback {
     callback: Py<PyAny>,
@@ -99,17 +98,10 @@ struct DebugInfo {
     repr: GilCell<Option<Py<PyAny>>>,
 }
 
-/// The callback and its arguments, until `cancel()` drops them.
-///
-/// An `UnsafeCell` rather than a `GilCell`, to save the borrow flag on a million queued
-/// handles: its only accesses are `get` (two increfs, which run no Python code), `take` (moves
-/// out; the caller drops the result after) and the collector's read in `traverse_contents`.
-struct CallbackSlot(UnsafeCell<Option<Callback>>);
-
-// SAFETY: the slot is read and written only with the GIL held (every method takes a `Python`
-// token, and traverse runs under the GIL), and no access runs Python code while it holds a
-// reference into the cell, so accesses never overlap.
-unsafe impl Sync for CallbackSlot {}
+/// The callback and its arguments, until `cancel()` drops them: a `GilSlot`, to save the
+/// borrow flag on a million queued handles. Its accesses are `get` (two increfs, which run no
+/// Python code), `take` (moves out; the caller drops the result after) and the collector's read.
+struct CallbackSlot(GilSlot<Option<Callback>>);
 
 impl CallbackSlot {
     fn get<'py>(
@@ -117,29 +109,32 @@ impl CallbackSlot {
         py: Python<'py>,
         flags: &Flags,
     ) -> Option<(Bound<'py, PyAny>, CallArgs<'py>)> {
-        // SAFETY: see the Sync impl: the shared reference lives only across two increfs.
-        let slot = unsafe { &*self.0.get() };
         let many = flags.has(Flags::ARGS_MANY);
-        slot.as_ref().map(|cb| {
-            // SAFETY: ARGS_MANY is set only with the parts of a `CallArgs::Many`.
-            let args = unsafe { CallArgs::from_parts(py, cb.args.as_ref(), many) };
-            (cb.callback.bind(py).clone(), args)
-        })
+        // SAFETY: two increfs run no Python code.
+        unsafe {
+            self.0.with(py, |slot| {
+                slot.as_ref().map(|cb| {
+                    // SAFETY: ARGS_MANY is set only with the parts of a `CallArgs::Many`.
+                    let args = CallArgs::from_parts(py, cb.args.as_ref(), many);
+                    (cb.callback.bind(py).clone(), args)
+                })
+            })
+        }
     }
 
-    fn take(&self, _py: Python<'_>) -> Option<Callback> {
-        // SAFETY: see the Sync impl: no other reference into the cell is live.
-        unsafe { (*self.0.get()).take() }
+    fn take(&self, py: Python<'_>) -> Option<Callback> {
+        // SAFETY: moving the value out runs no Python code; the caller drops it after.
+        unsafe { self.0.with(py, Option::take) }
     }
 
     fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
-        // SAFETY: the collector runs with the GIL held and outside any access to the slot
-        // (accesses run no Python code, so no collection can start during one).
-        if let Some(cb) = unsafe { &*self.0.get() } {
-            visit.call(&cb.callback)?;
-            visit.call(&cb.args)?;
-        }
-        Ok(())
+        self.0.in_gc(|slot| {
+            if let Some(cb) = slot {
+                visit.call(&cb.callback)?;
+                visit.call(&cb.args)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -197,7 +192,7 @@ impl<'py> NewHandle<'py> {
             flags |= Flags::THREADSAFE;
         }
         Ok(Handle {
-            callback: CallbackSlot(UnsafeCell::new(Some(Callback {
+            callback: CallbackSlot(GilSlot::new(Some(Callback {
                 callback: self.callback.unbind(),
                 args,
             }))),
@@ -289,17 +284,21 @@ impl Handle {
     }
 
     /// Hints the cache to load this handle's callback object (see `run::next_ready`).
-    pub fn prefetch_callback(&self) {
-        // SAFETY: reads the callback pointer without touching its reference count; no other
-        // reference into the cell is live (GIL held, no Python code runs here).
-        if let Some(cb) = unsafe { &*self.callback.0.get() } {
-            super::run::prefetch(cb.callback.as_ptr().cast());
+    pub fn prefetch_callback(&self, py: Python<'_>) {
+        // SAFETY: reads the callback pointer without touching its reference count: no Python
+        // code runs.
+        unsafe {
+            self.callback.0.with(py, |slot| {
+                if let Some(cb) = slot {
+                    super::run::prefetch(cb.callback.as_ptr().cast());
+                }
+            })
         }
     }
 
     /// The Context the handle holds now, to tell the loop it is about to be entered.
-    pub fn context_ptr(&self) -> *mut ffi::PyObject {
-        self.context.as_ptr()
+    pub fn context_ptr(&self, py: Python<'_>) -> *mut ffi::PyObject {
+        self.context.as_ptr(py)
     }
 
     /// Marks a timer as taken out of the heap, so a later `cancel()` is not counted as a

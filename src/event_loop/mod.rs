@@ -3,7 +3,7 @@
 //! writers (`io.rs`) and closing. `ferroloop.Loop` (Python) subclasses it and adds what is not on
 //! a hot path: `run_until_complete`, tasks, executors, the exception handler.
 //!
-//! All mutable state sits in one `GilCell<LoopState>`; see `gil_cell.rs` for the borrow rules.
+//! All mutable state sits in one `GilCell<LoopState>`; see `cpython/gil.rs` for the borrow rules.
 //! Python objects removed from the state are dropped only after the borrow ends, because dropping
 //! one can run arbitrary `__del__` code that calls back into the loop.
 
@@ -32,7 +32,7 @@ use pyo3::PyTraverseError;
 
 pub(crate) use args::CallArgs;
 use context::{ContextSlot, Snapshots};
-pub use fastcall::{add_fastcall_method, install as install_fast_methods, light_trampoline};
+pub use fastcall::install as install_fast_methods;
 pub use freelist::install as install_free_lists;
 use handle::NewHandle;
 pub use handle::{Handle, TimerHandle};
@@ -46,7 +46,7 @@ use crate::core::poller::{Event, Interest, Poller, MAX_SPIN_LIMIT};
 use crate::core::ready::ReadyQueue;
 use crate::core::sys::nonblocking_socketpair;
 use crate::core::timers::TimerQueue;
-use crate::gil_cell::GilCell;
+use crate::cpython::gil::GilCell;
 use crate::owner::close_watch;
 use crate::recv_bytes::{ReadGuesses, SpareSlot};
 

@@ -347,7 +347,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             let Some(handle) = st.timers.pop_due(now) else {
                 break;
             };
-            let retired = st.snapshots.retire(handle.get().context_ptr());
+            let retired = st.snapshots.retire(handle.get().context_ptr(py));
             (handle, retired)
         };
         drop(retired);
@@ -370,11 +370,11 @@ fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle
     let (handle, retired) = {
         let mut st = this.state.borrow_mut(py);
         let handle = st.ready.pop()?;
-        let retired = st.snapshots.retire(handle.get().context_ptr());
+        let retired = st.snapshots.retire(handle.get().context_ptr(py));
         // While this callback runs, bring the next handles into the cache: a long queue's
         // handles were made long ago and are cold by their turn.
         if let Some(next) = st.ready.get(0) {
-            next.get().prefetch_callback();
+            next.get().prefetch_callback(py);
         }
         if let Some(after) = st.ready.get(1) {
             prefetch(after.as_ptr().cast());

@@ -31,8 +31,8 @@ use pyo3::types::{PyInt, PyType, PyWeakrefReference};
 
 use super::fd_now;
 use crate::cpython;
+use crate::cpython::gil::GilCell;
 use crate::event_loop::LoopCore;
-use crate::gil_cell::GilCell;
 
 /// `socket.socket`, the Python class whose instances have `_io_refs`.
 static SOCKET_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();

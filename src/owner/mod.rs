@@ -82,10 +82,3 @@ pub fn holds(obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
 pub fn closed_fd_error() -> PyErr {
     os_error(std::io::Error::from_raw_os_error(libc::EBADF))
 }
-
-/// Whether this process reads socket objects' fds from their memory (`cpython::socket`) rather
-/// than through `fileno()`: for tests, which run both ways.
-#[pyfunction]
-pub fn socket_layout_read(py: Python<'_>) -> bool {
-    cpython::socket::layout_trusted(py)
-}

@@ -17,14 +17,13 @@ use std::ffi::CStr;
 
 use pyo3::exceptions::PySystemError;
 use pyo3::ffi;
-use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use pyo3::PyTypeInfo;
 
 use super::stream::StreamTransport;
-use crate::event_loop::{add_fastcall_method, light_trampoline};
+use crate::cpython::trampoline::{add_fastcall_method, get_trampoline_function, light_trampoline};
 
 /// The `#[pymethods]` `write` descriptor, kept for the calls the fast path does not take.
 static GENERIC_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -25,7 +25,7 @@
 //! writer, so they run in the ready queue in the stock loop's order; the handle holds the
 //! transport itself and the loop calls the step straight from Rust (`run_step`).
 //!
-//! Borrow rule (see `gil_cell.rs`): the state is never borrowed across a call into Python, since
+//! Borrow rule (see `cpython/gil.rs`): the state is never borrowed across a call into Python, since
 //! every protocol method may call back into the transport.
 //!
 //! The fd belongs to the socket object (`crate::owner`): each system call goes through `live_fd`,
@@ -52,12 +52,12 @@ use pyo3::{PyTraverseError, PyTypeInfo};
 use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
 use crate::cpython;
+use crate::cpython::gil::GilCell;
 use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore, Which};
-use crate::gil_cell::GilCell;
 use crate::owner::{self, close_watch};
 use crate::recv_bytes::{recv_lending, Received};
 
-use super::method_cache::{self, ReadMethods};
+use crate::cpython::method_cache::{self, ReadMethods};
 
 /// The most one read takes, as the stock transport's `max_size`.
 const MAX_READ: usize = 256 * 1024;
@@ -88,7 +88,7 @@ struct State {
     protocol: Option<Py<PyAny>>,
     /// The protocol is a `BufferedProtocol` (decided by `set_protocol`): reads go through
     /// `get_buffer`/`buffer_updated`. As with the stock transport, replacing one on the
-    /// protocol takes effect at the next read (`method_cache.rs` keeps them only while CPython
+    /// protocol takes effect at the next read (`cpython/method_cache.rs` keeps them only while CPython
     /// shows them unchanged).
     buffered: bool,
     protocol_connected: bool,
@@ -126,7 +126,7 @@ pub struct StreamTransport {
     owner_readable: bool,
     state: GilCell<State>,
     /// The protocol's methods called at each read, found without a lookup each time when
-    /// CPython can vouch for them (`method_cache.rs`).
+    /// CPython can vouch for them (`cpython/method_cache.rs`).
     methods: ReadMethods,
 }
 

@@ -55,3 +55,40 @@ impl<T> GilCell<T> {
         self.0.try_borrow().ok()
     }
 }
+
+/// A value guarded by the GIL with no borrow flag, for what millions of objects hold (a flag
+/// each would cost a word per handle): a handle's callback and Context, the handle free lists.
+///
+/// Sound because every access is short and runs no Python code while it holds the reference
+/// (not even a decref that could free an object with a `__del__`: values are taken out and
+/// dropped after), so no two accesses can overlap, not even re-entrantly; and only a thread
+/// holding the GIL accesses it. `with` is `unsafe` for that first condition, which its callers
+/// check; the second is the token.
+pub struct GilSlot<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: see the type's doc: accessed only with the GIL held, never by two accesses at once.
+unsafe impl<T: Send> Sync for GilSlot<T> {}
+
+impl<T> GilSlot<T> {
+    pub const fn new(value: T) -> Self {
+        GilSlot(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` on the value.
+    ///
+    /// # Safety
+    /// `f` runs no Python code (see the type's doc).
+    #[inline(always)]
+    pub unsafe fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: the GIL is held (the token) and, per the contract, nothing else can access the
+        // value until `f` returns.
+        f(unsafe { &mut *self.0.get() })
+    }
+
+    /// Reads the value from the collector's traverse, which holds the GIL and starts only where
+    /// Python code could run, so never during a `with`.
+    pub fn in_gc<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        // SAFETY: see above: no `with` is under way, and traverse only reads.
+        f(unsafe { &*self.0.get() })
+    }
+}

@@ -1,6 +1,6 @@
 //! `protocol.data_received` (and a buffered protocol's `get_buffer` and `buffer_updated`) found
-//! without a lookup at each read, when CPython 3.11's own bookkeeping shows that the lookup
-//! would find the same function.
+//! without a lookup at each read, when CPython's own bookkeeping shows that the lookup would find
+//! the same function.
 //!
 //! The stock transport calls `self._protocol.data_received(data)`: an attribute lookup at each
 //! read, so a method replaced later on the protocol or its class takes effect at the next read
@@ -13,12 +13,12 @@
 //!   type a new tag whenever the type or any of its bases changes (`PyType_Modified`, which also
 //!   covers a new `__getattribute__`) and never hands a tag out twice.
 //! - The instance, which could shadow the function with an attribute of the same name:
-//!   - attributes stored inline (3.11's "values", the usual case): the name has no slot in the
-//!     type's shared keys and those keys gained none since (they only ever grow), or it has a
-//!     slot and this instance's value there is empty;
+//!   - attributes stored inline ("values", the usual case): the name has no slot in the type's
+//!     shared keys and those keys gained none since (they only ever grow), or it has a slot and
+//!     this instance's value there is empty;
 //!   - attributes in a real `__dict__`: the same dict at the same version (PEP 509: any change
-//!     gives a dict a new version from one global counter), or, after a change, one lookup in
-//!     it that finds no such entry;
+//!     gives a dict a new version from one global counter; 3.14 dropped versions), or one
+//!     lookup in it that finds no such entry;
 //!   - no `__dict__` at all (`__slots__`): nothing to check.
 //!
 //! Only a plain Python function found on the class is cached: a non-data descriptor, so only an
@@ -27,20 +27,27 @@
 //! own (subclasses of some C types), or anything on the class other than a function (a
 //! `staticmethod`, a callable object, a property) are looked up at every read.
 //!
-//! The layouts read here (the pre-header words before an object, the shared keys' header and
-//! entries) are CPython 3.11's private ones, fixed within 3.11 and different in every other
-//! version (`Include/internal/pycore_object.h` and `pycore_dict.h`), so the cache is used only on
-//! CPython 3.11; elsewhere every read looks the method up.
+//! The layouts read here are private and differ between versions (`Include/internal/
+//! pycore_object.h` and `pycore_dict.h`); what differs is in `layout`, one module per version,
+//! chosen at build time:
+//! - 3.11: inline values and the `__dict__` in the two words before the GC header; a type's tag
+//!   is valid while `Py_TPFLAGS_VALID_VERSION_TAG` is set; dicts have versions (PEP 509).
+//! - 3.13 and 3.14 (and 3.15): inline values after the object (at `sizeof(PyObject)` on 3.13, at
+//!   the type's basic size from 3.14), valid while their `valid` byte is set; the `__dict__` three
+//!   words before the object; a tag is valid while non-zero. 3.13 dicts have versions; 3.14 dicts
+//!   have none, so a `__dict__` is searched at every read (a scan of a few `str` keys).
+//! - 3.12 (a fourth layout, tagged dict-or-values pointer) is not tested on this machine, and
+//!   free-threaded builds read these structures under locks: there, and under
+//!   `FERROLOOP_LAYOUT_READS=0`, every read looks the method up.
 
 use std::ffi::c_uint;
 use std::ptr;
-use std::sync::OnceLock;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
-use crate::gil_cell::GilCell;
+use crate::cpython::gil::GilCell;
 
 extern "C" {
     // The lookup along the MRO that attribute access itself uses: a borrowed reference or
@@ -48,7 +55,8 @@ extern "C" {
     fn _PyType_Lookup(ty: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// CPython 3.11's `PyDictKeysObject` header; the hash indices, then the entries, follow it.
+/// `PyDictKeysObject`'s header (the same from 3.11 to 3.15); the hash indices, then the entries,
+/// follow it.
 #[repr(C)]
 struct DictKeys {
     _dk_refcnt: ffi::Py_ssize_t,
@@ -60,7 +68,8 @@ struct DictKeys {
     dk_nentries: ffi::Py_ssize_t,
 }
 
-/// CPython 3.11's `PyDictObject`.
+/// `PyDictObject` (the same fields from 3.11 to 3.15; the version word is a watcher tag from 3.14
+/// on, and what `ma_values` points to differs: `layout::values_array`).
 #[repr(C)]
 struct DictHead {
     _ob_base: ffi::PyObject,
@@ -68,7 +77,175 @@ struct DictHead {
     ma_version_tag: u64,
     ma_keys: *const DictKeys,
     /// A split dict's values (its keys are a class's shared keys); NULL for a combined one.
-    ma_values: *mut *mut ffi::PyObject,
+    ma_values: *mut std::ffi::c_void,
+}
+
+/// Where an instance keeps its attributes, for a type with managed storage.
+enum Storage {
+    /// Inline, in this values array, indexed as the type's shared keys.
+    Inline(*mut *mut ffi::PyObject),
+    /// In this `__dict__`.
+    Dict(*mut ffi::PyObject),
+    /// Nowhere yet.
+    Empty,
+}
+
+/// What differs between versions (see the module doc). Every function reads a live object's
+/// memory: the GIL is held and the pointers are live, per each `# Safety`.
+#[cfg(all(Py_3_11, not(Py_3_12)))]
+mod layout {
+    use super::{ffi, Storage};
+
+    pub const SUPPORTED: bool = true;
+
+    /// # Safety
+    /// `tp` is a live type.
+    pub unsafe fn has_tag(tp: *mut ffi::PyTypeObject, version: std::ffi::c_uint) -> bool {
+        // SAFETY: per the contract; plain fields are read.
+        unsafe {
+            (*tp).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0
+                && (*tp).tp_version_tag == version
+        }
+    }
+
+    /// # Safety
+    /// `object` is live, of a type with `Py_TPFLAGS_MANAGED_DICT`.
+    pub unsafe fn storage(object: *mut ffi::PyObject) -> Storage {
+        // SAFETY: on 3.11 the four words before such an object are its inline values, its
+        // dict, and its GC links.
+        let (values, dict) = unsafe {
+            (
+                *object.cast::<*mut *mut ffi::PyObject>().sub(4),
+                *object.cast::<*mut ffi::PyObject>().sub(3),
+            )
+        };
+        if !values.is_null() {
+            Storage::Inline(values)
+        } else if !dict.is_null() {
+            Storage::Dict(dict)
+        } else {
+            Storage::Empty
+        }
+    }
+
+    /// A split dict's values array (3.11: `ma_values` is the array itself).
+    pub fn values_array(ma_values: *mut std::ffi::c_void) -> *mut *mut ffi::PyObject {
+        ma_values.cast()
+    }
+
+    /// The dict's version, which changes at every change of the dict (PEP 509).
+    pub fn version(tag: u64) -> Option<u64> {
+        Some(tag)
+    }
+}
+
+#[cfg(all(Py_3_13, not(Py_GIL_DISABLED)))]
+mod layout {
+    use super::{ffi, Storage};
+
+    pub const SUPPORTED: bool = true;
+
+    /// `Py_TPFLAGS_INLINE_VALUES` (3.13+).
+    const INLINE_VALUES: std::ffi::c_ulong = 1 << 2;
+
+    /// `PyDictValues`' header before its array (3.13+).
+    #[repr(C)]
+    struct ValuesHead {
+        _capacity: u8,
+        _size: u8,
+        _embedded: u8,
+        valid: u8,
+    }
+
+    /// # Safety
+    /// `tp` is a live type.
+    pub unsafe fn has_tag(tp: *mut ffi::PyTypeObject, version: std::ffi::c_uint) -> bool {
+        // SAFETY: per the contract; a plain field is read. From 3.13 a tag is valid while
+        // non-zero (the flag is no longer set).
+        unsafe { version != 0 && (*tp).tp_version_tag == version }
+    }
+
+    /// Where inline values start: after the object header on 3.13, after the type's basic size
+    /// from 3.14.
+    ///
+    /// # Safety
+    /// `object` is live, of a type with `Py_TPFLAGS_INLINE_VALUES`.
+    unsafe fn inline_values(object: *mut ffi::PyObject) -> *mut ValuesHead {
+        #[cfg(not(Py_3_14))]
+        let offset = std::mem::size_of::<ffi::PyObject>();
+        // SAFETY: reading the basic size of the object's live type.
+        #[cfg(Py_3_14)]
+        let offset = unsafe { (*ffi::Py_TYPE(object)).tp_basicsize } as usize;
+        // SAFETY: per the contract, the values lie at `offset` inside the object's allocation.
+        unsafe { object.cast::<u8>().add(offset).cast() }
+    }
+
+    /// # Safety
+    /// `object` is live, of a type with `Py_TPFLAGS_MANAGED_DICT`.
+    pub unsafe fn storage(object: *mut ffi::PyObject) -> Storage {
+        // SAFETY: reading the flags of the object's live type.
+        let flags = unsafe { (*ffi::Py_TYPE(object)).tp_flags };
+        if flags & INLINE_VALUES != 0 {
+            // SAFETY: the type has inline values (checked), so the header is there.
+            let values = unsafe { inline_values(object) };
+            // SAFETY: as above.
+            if unsafe { (*values).valid } != 0 {
+                return Storage::Inline(values_array(values.cast()));
+            }
+        }
+        // SAFETY: with a managed dict, the dict pointer is three words before the object.
+        let dict = unsafe { *object.cast::<*mut ffi::PyObject>().sub(3) };
+        if dict.is_null() {
+            Storage::Empty
+        } else {
+            Storage::Dict(dict)
+        }
+    }
+
+    /// A `PyDictValues`' array, after its 8-byte header (3.13+).
+    pub fn values_array(ma_values: *mut std::ffi::c_void) -> *mut *mut ffi::PyObject {
+        ma_values
+            .cast::<u8>()
+            .wrapping_add(std::mem::size_of::<usize>())
+            .cast()
+    }
+
+    /// The dict's version: 3.13's changes at every change of the dict; 3.14's word is only a
+    /// watcher tag, so there is none.
+    pub fn version(tag: u64) -> Option<u64> {
+        if cfg!(Py_3_14) {
+            None
+        } else {
+            Some(tag)
+        }
+    }
+}
+
+#[cfg(not(any(all(Py_3_11, not(Py_3_12)), all(Py_3_13, not(Py_GIL_DISABLED)))))]
+mod layout {
+    use super::{ffi, Storage};
+
+    pub const SUPPORTED: bool = false;
+
+    /// # Safety
+    /// Never called (`SUPPORTED` is false).
+    pub unsafe fn has_tag(_tp: *mut ffi::PyTypeObject, _version: std::ffi::c_uint) -> bool {
+        false
+    }
+
+    /// # Safety
+    /// Never called (`SUPPORTED` is false).
+    pub unsafe fn storage(_object: *mut ffi::PyObject) -> Storage {
+        Storage::Empty
+    }
+
+    pub fn values_array(ma_values: *mut std::ffi::c_void) -> *mut *mut ffi::PyObject {
+        ma_values.cast()
+    }
+
+    pub fn version(_tag: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// `DICT_KEYS_GENERAL`: keys of any type, compared through their own `__eq__`.
@@ -217,14 +394,14 @@ pub fn call_method1<'py>(
     };
     let args = [obj.as_ptr(), arg.as_ptr()];
     let f = function.as_ptr();
-    // SAFETY: `function` is a live Python function (the cache keeps nothing else, and only on
-    // 3.11, whose `PyFunctionObject` layout PyO3 declares) and `args` two live borrowed
-    // references for the duration of the call; the result is a new reference or NULL with an
-    // exception set. The function's own vectorcall slot is what `PyObject_Vectorcall` would
-    // call; called here, that function's frame is one fewer to return through after the
-    // protocol's write (see `core::sys`).
+    // SAFETY: `function` is a live Python function (the cache keeps nothing else) and `args`
+    // two live borrowed references for the duration of the call; the result is a new reference
+    // or NULL with an exception set. The function's own vectorcall entry (found through the
+    // public `PyVectorcall_Function`) is what `PyObject_Vectorcall` would call; called here,
+    // that function's frame is one fewer to return through after the protocol's write (see
+    // `core::sys`).
     unsafe {
-        let result = match (*f.cast::<ffi::PyFunctionObject>()).vectorcall {
+        let result = match ffi::PyVectorcall_Function(f) {
             Some(vectorcall) => vectorcall(f, args.as_ptr(), 2, ptr::null_mut()),
             None => ffi::PyObject_Vectorcall(f, args.as_ptr(), 2, ptr::null_mut()),
         };
@@ -250,7 +427,6 @@ impl Entry {
         };
         let managed = flags & ffi::Py_TPFLAGS_MANAGED_DICT != 0;
         if !is_generic(getattro)
-            || flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG == 0
             || (managed && flags & ffi::Py_TPFLAGS_HEAPTYPE == 0)
             || (!managed && dictoffset != 0)
         {
@@ -267,7 +443,7 @@ impl Entry {
         let function = unsafe { Bound::from_borrowed_ptr(py, found) }.unbind();
         // The lookup may have run code (a class dict's odd key): the tag must be the one read.
         // SAFETY: as above.
-        unsafe { has_tag(tp, version) }.then(|| Entry {
+        unsafe { layout::has_tag(tp, version) }.then(|| Entry {
             ty: ty.unbind(),
             version,
             function,
@@ -282,27 +458,18 @@ impl Entry {
         let tp = self.ty.as_ptr().cast::<ffi::PyTypeObject>();
         let object = obj.as_ptr();
         // SAFETY: `object` is live and `tp` kept alive by the entry.
-        let same_class = unsafe { ffi::Py_TYPE(object) == tp && has_tag(tp, self.version) };
+        let same_class = unsafe { ffi::Py_TYPE(object) == tp && layout::has_tag(tp, self.version) };
         if !same_class {
             return Verdict::Stale;
         }
         if !self.managed {
             return Verdict::Holds;
         }
-        // SAFETY: the type has Py_TPFLAGS_MANAGED_DICT, so on CPython 3.11 (`enabled`) the four
-        // words before the object are its inline values, its dict, and its GC links.
-        let (values, dict) = unsafe {
-            (
-                *object.cast::<*mut *mut ffi::PyObject>().sub(4),
-                *object.cast::<*mut ffi::PyObject>().sub(3),
-            )
-        };
-        if !values.is_null() {
-            self.check_inline(tp.cast(), values, name)
-        } else if dict.is_null() {
-            Verdict::Holds
-        } else {
-            self.check_dict(dict, name)
+        // SAFETY: the type has Py_TPFLAGS_MANAGED_DICT (`managed`) and `layout` is this build's.
+        match unsafe { layout::storage(object) } {
+            Storage::Inline(values) => self.check_inline(tp.cast(), values, name),
+            Storage::Dict(dict) => self.check_dict(dict, name),
+            Storage::Empty => Verdict::Holds,
         }
     }
 
@@ -353,8 +520,8 @@ impl Entry {
                 return Verdict::Unknown;
             }
             let head = dict.cast::<DictHead>();
-            let seen = (dict as usize, (*head).ma_version_tag);
-            if self.dict == Some(seen) {
+            let seen = layout::version((*head).ma_version_tag).map(|v| (dict as usize, v));
+            if seen.is_some() && self.dict == seen {
                 return Verdict::Holds;
             }
             // Keys of any type would be compared through their `__eq__`: Python code, which a
@@ -371,7 +538,7 @@ impl Entry {
                     None => false,
                     // A split dict's value is in its values array; a combined one's in the entry.
                     Some(ix) if !(*head).ma_values.is_null() => {
-                        !(*(*head).ma_values.add(ix)).is_null()
+                        !(*layout::values_array((*head).ma_values).add(ix)).is_null()
                     }
                     Some(ix) => !(*entries(keys).add(ix))[1].is_null(),
                 }
@@ -379,7 +546,7 @@ impl Entry {
             if found {
                 return Verdict::Shadowed;
             }
-            self.dict = Some(seen);
+            self.dict = seen;
         }
         Verdict::Holds
     }
@@ -428,18 +595,6 @@ unsafe fn find_key(keys: *const DictKeys, name: &Bound<'_, PyString>) -> Option<
     }
 }
 
-/// Whether the type still has the version tag `version` (a valid one: an invalidated tag is
-/// never equal to a kept one, since CPython hands out each tag once).
-///
-/// # Safety
-/// `tp` points to a live type object.
-unsafe fn has_tag(tp: *mut ffi::PyTypeObject, version: c_uint) -> bool {
-    // SAFETY: per the contract; plain fields are read.
-    unsafe {
-        (*tp).tp_flags & ffi::Py_TPFLAGS_VALID_VERSION_TAG != 0 && (*tp).tp_version_tag == version
-    }
-}
-
 /// Whether a type's attribute lookup is the generic one (no `__getattribute__`/`__getattr__`).
 /// `PyObject_GenericGetAttr` is a symbol of the interpreter, so it has one address.
 fn is_generic(getattro: Option<ffi::getattrofunc>) -> bool {
@@ -447,16 +602,8 @@ fn is_generic(getattro: Option<ffi::getattrofunc>) -> bool {
         .is_some_and(|f| std::ptr::fn_addr_eq(f, ffi::PyObject_GenericGetAttr as ffi::getattrofunc))
 }
 
-/// Whether this interpreter is CPython 3.11, whose layouts the cache reads (module doc).
-fn enabled(py: Python<'_>) -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let version = py.version_info();
-        let cpython = py
-            .import("sys")
-            .and_then(|sys| sys.getattr("implementation")?.getattr("name"))
-            .and_then(|name| name.extract::<String>())
-            .is_ok_and(|name| name == "cpython");
-        cpython && version.major == 3 && version.minor == 11
-    })
+/// Whether the cache is used: built for a CPython whose layouts `layout` knows (module doc), and
+/// layout reads not turned off (`FERROLOOP_LAYOUT_READS=0`).
+pub fn enabled(_py: Python<'_>) -> bool {
+    layout::SUPPORTED && super::layout_reads_allowed()
 }
