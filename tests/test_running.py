@@ -5,6 +5,7 @@ Reference: CPython 3.11 asyncio (base_events.BaseEventLoop.run_forever / run_unt
 import asyncio
 import contextvars
 import gc
+import sys
 import time
 import weakref
 
@@ -675,3 +676,52 @@ class TestStdlibPrimitives:
 
         loop.run_until_complete(main())
         assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+class TestEagerTasks:
+    """3.12's eager tasks: the first step runs inside create_task; the name and the context
+    given are kept (the stock 3.14 loop passes them to the factory; before, it names the task
+    afterwards)."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_eager_tasks(self):
+        if sys.version_info < (3, 12):
+            pytest.skip("eager tasks are 3.12+")
+
+    def test_eager_task_factory_keeps_name_and_context(self, loop):
+        var = contextvars.ContextVar("var", default="unset")
+        steps = []
+
+        async def body():
+            steps.append(("first step", var.get()))
+            await asyncio.sleep(0)
+            return var.get()
+
+        async def main():
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, "given")
+            task = loop.create_task(body(), name="eager-one", context=ctx)
+            steps.append("create_task returned")
+            return task.get_name(), await task
+
+        loop.set_task_factory(asyncio.eager_task_factory)
+        name, result = loop.run_until_complete(main())
+        assert steps == [("first step", "given"), "create_task returned"]
+        assert (name, result) == ("eager-one", "given")
+
+    def test_eager_start_keyword(self, loop):
+        if sys.version_info < (3, 14):
+            pytest.skip("create_task(eager_start=) is 3.14+")
+        steps = []
+
+        async def body():
+            steps.append("first step")
+
+        async def main():
+            task = loop.create_task(body(), eager_start=True, name="eager-two")
+            steps.append("create_task returned")
+            await task
+            return task.get_name()
+
+        assert loop.run_until_complete(main()) == "eager-two"
+        assert steps == ["first step", "create_task returned"]
