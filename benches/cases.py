@@ -16,7 +16,7 @@ import gc
 import random
 import resource
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Callable
 
 SEED = 20240601
@@ -60,6 +60,28 @@ def call_soon(loop, n):
     call(loop.stop)
     loop.run_forever()
     return {"elapsed": perf_counter() - start, "ops": n}
+
+
+CALL_SOON_BATCH = 1000
+
+
+def call_soon_batches(loop, n):
+    """n callbacks issued CALL_SOON_BATCH per iteration: each batch's last one issues the next."""
+    call = loop.call_soon
+    batches = max(1, n // CALL_SOON_BATCH)
+    left = batches
+
+    def batch():
+        nonlocal left
+        left -= 1
+        for _ in range(CALL_SOON_BATCH - 1):
+            call(_noop)
+        call(batch if left else loop.stop)
+
+    start = perf_counter()
+    call(batch)
+    loop.run_forever()
+    return {"elapsed": perf_counter() - start, "ops": batches * CALL_SOON_BATCH}
 
 
 def call_soon_chain(loop, n):
@@ -155,9 +177,9 @@ def sleep_tasks(loop, n):
     async def main():
         await asyncio.gather(*[loop.create_task(_sleeper(d)) for d in per_task])
 
-    start = perf_counter()
+    start, cpu = perf_counter(), process_time()
     loop.run_until_complete(main())
-    return {"elapsed": perf_counter() - start, "ops": n * SLEEPS_PER_TASK}
+    return {"elapsed": perf_counter() - start, "cpu": process_time() - cpu, "ops": n * SLEEPS_PER_TASK}
 
 
 # --- memory cases -------------------------------------------------------------------------------
@@ -201,7 +223,7 @@ class Case:
     run: Callable
     size: int  # full-size n
     unit: str  # what one op is, for the report
-    metric: str  # "time" (compare elapsed) or "memory" (compare rss_growth_kib)
+    metric: str  # "time" (compare elapsed), "cpu" (compare cpu) or "memory" (rss_growth_kib)
     about: str  # with {n} where the size goes
 
     def size_for(self, scale):
@@ -216,6 +238,8 @@ CASES = {
     for case in [
         Case("call_soon", call_soon, 1_000_000, "callback", "time",
              "{n} call_soon callbacks scheduled up front; the last one stops the loop"),
+        Case("call_soon_batches", call_soon_batches, 1_000_000, "callback", "time",
+             "{n} call_soon callbacks, 1,000 issued per iteration by the last of the batch"),
         Case("call_soon_chain", call_soon_chain, 1_000_000, "callback", "time",
              "a chain of {n} callbacks, each scheduling the next with call_soon"),
         Case("timers", timers, 200_000, "timer", "time",
@@ -224,8 +248,9 @@ CASES = {
              "{n} tasks each awaiting asyncio.sleep(0) ten times, gathered"),
         Case("future_pingpong", future_pingpong, 200_000, "round trip", "time",
              "{n} round trips of futures between two tasks"),
-        Case("sleep_tasks", sleep_tasks, 10_000, "sleep", "time",
-             "{n} tasks each sleeping a random 0..5 ms delay five times"),
+        Case("sleep_tasks", sleep_tasks, 10_000, "sleep", "cpu",
+             "{n} tasks each sleeping a random 0..5 ms delay five times (compared by CPU time: "
+             "most of the wall time is the sleeping)"),
         Case("mem_callbacks", mem_callbacks, 1_000_000, "callback", "memory",
              "RSS growth with {n} call_soon callbacks queued"),
         Case("mem_timers", mem_timers, 200_000, "timer", "memory",

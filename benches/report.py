@@ -17,6 +17,8 @@ class Stats:
     peak_rss_kib: float = 0.0  # median over samples of the worker's ru_maxrss at exit
     growth_median: float = 0.0  # memory cases only
     growth_min: float = 0.0
+    cpu_median: float = 0.0  # cases that report CPU time
+    cpu_min: float = 0.0
 
     @property
     def ok(self):
@@ -27,7 +29,9 @@ class Stats:
         return self.ops / self.time_median if self.time_median else 0.0
 
     def metric(self, kind):
-        return self.growth_median if kind == "memory" else self.time_median
+        if kind == "memory":
+            return self.growth_median
+        return self.cpu_median if kind == "cpu" else self.time_median
 
 
 def summarize(samples, cases, loops):
@@ -51,6 +55,10 @@ def _stats(loop, samples):
     stats.time_median = statistics.median(times)
     stats.time_min = min(times)
     stats.peak_rss_kib = statistics.median(s["maxrss_kib"] for s in good)
+    cpus = [s["cpu"] for s in good if "cpu" in s]
+    if cpus:
+        stats.cpu_median = statistics.median(cpus)
+        stats.cpu_min = min(cpus)
     growths = [s["rss_growth_kib"] for s in good if "rss_growth_kib" in s]
     if growths:
         stats.growth_median = statistics.median(growths)
@@ -98,6 +106,8 @@ def _cells(stats, kind):
         return ["failed"] + [""] * (5 if growth else 3)
     cells = [fmt_time(stats.time_median), fmt_time(stats.time_min), fmt_rate(stats.ops_per_s),
              fmt_kib(stats.peak_rss_kib)]
+    if kind == "cpu":
+        cells += [fmt_time(stats.cpu_median)]
     if growth:
         cells += [fmt_kib(stats.growth_median), f"{bytes_per_op(stats):.0f}"]
     return cells
@@ -105,6 +115,8 @@ def _cells(stats, kind):
 
 def _headers(kind):
     heads = ["median", "min", "ops/s", "peak RSS"]
+    if kind == "cpu":
+        return heads + ["CPU"]
     return heads + (["RSS growth", "B/op"] if kind == "memory" else [])
 
 
@@ -132,7 +144,9 @@ def text_report(table, rounds, scale):
             failed = f"  ({stats.failures} failed)" if stats.failures else ""
             rows.append([stats.loop + failed] + _cells(stats, kind))
         out.extend(_align(rows))
-        what = "RSS growth, >1 = smaller" if kind == "memory" else "median time, >1 = faster"
+        what = {"memory": "RSS growth, >1 = smaller", "cpu": "CPU time, >1 = less"}.get(
+            kind, "median time, >1 = faster"
+        )
         out.append(f"ratios (peer median / loop median, {what}):")
         out.extend("  " + ratio_line(stats, by_loop, kind) for stats in by_loop.values())
     return "\n".join(out)
