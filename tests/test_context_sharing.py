@@ -8,6 +8,7 @@ reader's context kept across its runs.
 """
 
 import contextvars
+import random
 import socket
 import threading
 
@@ -213,3 +214,44 @@ def test_timers_held_by_the_program_are_collected_with_their_cycles(loop):
     run_queued(loop)
     gc.collect()
     assert [r() for r in refs] == [None] * 50
+
+
+def test_every_switch_of_the_current_context_is_seen(loop):
+    """A handle may reuse the last snapshot only while the running thread's current Context
+    still holds its variables (read from the thread state, src/cpython/context.rs): each switch
+    into another Context, each set, and each return to an earlier one must show."""
+    rng = random.Random(20261207)
+    contexts = [contextvars.copy_context() for _ in range(4)]
+    for i, ctx in enumerate(contexts):
+        ctx.run(var.set, f"ctx-{i}")
+    expected, seen = [], []
+
+    def record():
+        seen.append(var.get())
+
+    def set_and_schedule(value):
+        var.set(value)
+        loop.call_soon(record)
+
+    def script():  # in a Context of its own, so that its writes stay out of other tests
+        for step in range(400):
+            action = rng.randrange(4)
+            if action == 0:
+                ctx = rng.choice(contexts)
+                expected.append(ctx[var])
+                ctx.run(loop.call_soon, record)
+            elif action == 1:
+                var.set(f"outer-{step}")
+                expected.append(f"outer-{step}")
+                loop.call_soon(record)
+            elif action == 2:
+                rng.choice(contexts).run(set_and_schedule, f"inner-{step}")
+                expected.append(f"inner-{step}")
+            else:
+                expected.append(var.get())
+                loop.call_soon(record)
+
+    contextvars.copy_context().run(script)
+    run_queued(loop)
+    assert seen == expected
+    assert var.get() == "unset"

@@ -21,6 +21,8 @@ def expected_tricks():
         "socket_fd": on,
         "socket_io_refs": on,
         "context_sharing": on,
+        # The thread state's current Context, found by a probe (not on free-threaded builds).
+        "current_context": on and not FREE_THREADED,
         "uncounted_handles": on,
         # Reads the dict and instance layouts of 3.11 and 3.13+; 3.12 (not testable here) and
         # free-threaded builds look the method up.

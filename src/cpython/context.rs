@@ -11,6 +11,11 @@
 //! `hamt` object there, shared by a copy, replaced when a variable is set in the copy), and not
 //! at all under `FERROLOOP_LAYOUT_READS=0`; `vars_reader` then answers `None` and every handle
 //! gets a Context of its own, as with the stock loop.
+//!
+//! The running thread's current Context is `PyThreadState.context`, whose place in the thread
+//! state differs between versions: the probe finds it as the one word that holds each of two
+//! Contexts while entered, and neither once exited. Comparing it with the last snapshot tells,
+//! without copying it, that a new handle can share that snapshot.
 
 use std::ffi::CStr;
 
@@ -23,9 +28,18 @@ const VARS_OFFSET: usize = std::mem::size_of::<ffi::PyObject>() + std::mem::size
 
 static READER: PyOnceLock<Option<VarsReader>> = PyOnceLock::new();
 
-/// Reads Contexts' variable mappings; exists only where the layout was vouched for.
+/// Reads Contexts' variable mappings; exists only where the layout was vouched for. With
+/// `current`, it also finds the running thread's current Context in its `PyThreadState`.
 #[derive(Clone, Copy)]
-pub struct VarsReader(());
+pub struct VarsReader {
+    /// The offset of `PyThreadState.context` (`Some` where probed), the running thread's current
+    /// Context (NULL until the thread first needs one).
+    current: Option<usize>,
+}
+
+/// How far into a `PyThreadState` the probe looks for `context`: the field sits some 200 bytes
+/// in from 3.11 to 3.15, and every thread state is larger than this.
+const THREAD_STATE_WORDS: usize = 64;
 
 /// The mapping pointer stored in `ctx`.
 ///
@@ -94,15 +108,102 @@ fn probe(py: Python<'_>) -> PyResult<bool> {
     }
 }
 
+/// The word index in the running thread's `PyThreadState` holding `ctx`, if exactly one does.
+///
+/// # Safety
+/// The GIL is held (so there is a thread state, of at least THREAD_STATE_WORDS words).
+unsafe fn find_in_thread_state(ctx: *mut ffi::PyObject) -> Option<usize> {
+    // SAFETY: per the contract, the thread state is live and that large.
+    let words = unsafe { ffi::PyThreadState_Get().cast::<usize>() };
+    let mut found = None;
+    for i in 0..THREAD_STATE_WORDS {
+        // SAFETY: within the thread state (see above).
+        if unsafe { *words.add(i) } == ctx as usize {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(i);
+        }
+    }
+    found
+}
+
+/// Where `PyThreadState.context` sits: the one word that holds each of two Contexts while it is
+/// entered, and neither once both are exited.
+fn probe_current(py: Python<'_>) -> PyResult<Option<usize>> {
+    // SAFETY: the GIL is held; each call returns a new reference or NULL with an exception set;
+    // Enter/Exit are paired; the thread state is read within its first THREAD_STATE_WORDS words.
+    unsafe {
+        let a = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())?;
+        let b = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())?;
+        let mut seen = [None, None];
+        for (i, ctx) in [&a, &b].into_iter().enumerate() {
+            if ffi::PyContext_Enter(ctx.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            seen[i] = find_in_thread_state(ctx.as_ptr());
+            if ffi::PyContext_Exit(ctx.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        let after = [
+            find_in_thread_state(a.as_ptr()),
+            find_in_thread_state(b.as_ptr()),
+        ];
+        Ok(match seen {
+            [Some(x), Some(y)] if x == y && after == [None, None] => {
+                Some(x * std::mem::size_of::<usize>())
+            }
+            _ => None,
+        })
+    }
+}
+
 /// The reader, if the layout was vouched for (probed on first use). The first call releases the
 /// GIL (`PyOnceLock` does while it initialises), so it must not happen under a `GilCell` borrow.
 pub fn vars_reader(py: Python<'_>) -> Option<VarsReader> {
     *READER.get_or_init(py, || {
-        (super::layout_reads_allowed() && probe(py).unwrap_or(false)).then_some(VarsReader(()))
+        if !super::layout_reads_allowed() || !probe(py).unwrap_or(false) {
+            return None;
+        }
+        let current = if cfg!(Py_GIL_DISABLED) {
+            None
+        } else {
+            probe_current(py).ok().flatten()
+        };
+        Some(VarsReader { current })
     })
 }
 
 impl VarsReader {
+    /// Whether the running thread's current Context can be read (the probe found its field).
+    pub fn reads_current(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Whether `snapshot` holds the variables of the running thread's current Context, found
+    /// without copying it (`PyContext_CopyCurrent` allocates a Context, which counts towards
+    /// the next collection); false when that cannot be told.
+    pub fn is_current(&self, _py: Python<'_>, snapshot: &Py<PyAny>) -> bool {
+        let Some(offset) = self.current else {
+            return false;
+        };
+        // SAFETY: the GIL is held (the token), so this thread has a live thread state, whose
+        // `context` field the probe found at `offset`: NULL or a live Context.
+        let current = unsafe {
+            *ffi::PyThreadState_Get()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<*mut ffi::PyObject>()
+        };
+        let snapshot = snapshot.as_ptr();
+        // SAFETY: both are exact Contexts (checked) kept alive by the thread and the caller.
+        !current.is_null()
+            && is_context(current)
+            && is_context(snapshot)
+            && unsafe { vars_at(current) == vars_at(snapshot) }
+    }
+
     /// Whether two Contexts hold the very same variables (the same mapping); false if either is
     /// not an exact Context.
     pub fn same_vars(&self, _py: Python<'_>, a: &Py<PyAny>, b: &Py<PyAny>) -> bool {

@@ -34,6 +34,10 @@ pub fn _tricks(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     tricks.set_item("socket_fd", socket::layout_trusted(py))?;
     tricks.set_item("socket_io_refs", socket::io_refs_readable(py))?;
     tricks.set_item("context_sharing", context::vars_reader(py).is_some())?;
+    tricks.set_item(
+        "current_context",
+        context::vars_reader(py).is_some_and(|r| r.reads_current()),
+    )?;
     tricks.set_item("uncounted_handles", gc_alloc::supported(py))?;
     tricks.set_item("method_cache", method_cache::enabled(py))?;
     tricks.set_item("bytes_reuse", bytes::reuse_allowed())?;

@@ -80,6 +80,14 @@ impl Snapshots {
         (current, old)
     }
 
+    /// The last snapshot, if it holds the current variables (told without copying them).
+    pub fn current(&self, py: Python<'_>, reader: VarsReader) -> Option<Py<PyAny>> {
+        self.last
+            .as_ref()
+            .filter(|last| reader.is_current(py, last))
+            .map(|last| last.clone_ref(py))
+    }
+
     /// Stops offering `ctx` to new handles (it is about to be entered); returns the loop's
     /// reference to it, if it had one, for the caller to drop.
     pub fn retire(&mut self, ctx: *mut ffi::PyObject) -> Option<Py<PyAny>> {

@@ -237,6 +237,11 @@ impl LoopCore {
     /// A Context with the current variables, for a handle scheduled without `context=`.
     fn snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let reader = crate::cpython::context::vars_reader(py);
+        if let Some(reader) = reader {
+            if let Some(last) = self.state.borrow(py).snapshots.current(py, reader) {
+                return Ok(last);
+            }
+        }
         let current = context::copy_current(py)?;
         let (ctx, garbage) = self
             .state
