@@ -13,22 +13,40 @@ import pytest
 # seconds, every thread's traceback is printed and the process exits.
 TEST_TIME_LIMIT = 120
 
-# Where those tracebacks go: the terminal's stderr, set in pytest_configure. Not fd 2 as it is
-# during a test, which pytest points at its capture file; the guard exits the process before
-# pytest would show that file, so a hang would end the run with no word of where it hung.
+# Where those tracebacks go: the terminal's stderr, duplicated in pytest_configure, when pytest's
+# capture is suspended (it resumes only around each test). Not fd 2 as it is during a test, which
+# pytest points at its capture file; the guard exits the process before pytest would show that
+# file, so a hang would end the run with no word of where it hung.
 _hang_report = None
 
 
 def pytest_configure(config):
-    global _hang_report
-    capture = config.pluginmanager.getplugin("capturemanager")
-    if capture is not None:
-        capture.suspend_global_capture()
-    try:
-        _hang_report = os.fdopen(os.dup(2), "w")
-    finally:
-        if capture is not None:
-            capture.resume_global_capture()
+    global _hang_report, _live_failures
+    if config.getoption("--live-failures"):
+        _live_failures = config.pluginmanager
+    _hang_report = os.fdopen(os.dup(2), "w")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--live-failures",
+        action="store_true",
+        help="print each failure's traceback when it happens, not only in the summary at the end",
+    )
+
+
+def pytest_runtest_logreport(report):
+    """With --live-failures (scripts/test), a failure shows at once: a run of several minutes
+    that fails early says so early, and a later hang (the guard exits without a summary) does
+    not take the failures before it with it."""
+    terminal = _live_failures and _live_failures.getplugin("terminalreporter")
+    if report.failed and terminal:
+        terminal.write_line("")
+        terminal.write_sep("_", f"FAILED {report.nodeid} ({report.when})", red=True)
+        terminal.write_line(report.longreprtext)
+
+
+_live_failures = None
 
 
 def pytest_unconfigure(config):

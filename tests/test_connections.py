@@ -15,13 +15,7 @@ import struct
 
 import pytest
 from conftest import requires_ipv6
-
-TIMEOUT = 60.0
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
-
+from util import TIMEOUT, run
 
 
 

@@ -23,8 +23,8 @@ import tempfile
 
 import pytest
 from conftest import requires_ipv6
+from util import run
 
-TIMEOUT = 60.0
 HEADER = 8 if sys.version_info >= (3, 13) else 0
 
 
@@ -36,12 +36,6 @@ def assert_drained(loop, transport):
         assert size % HEADER == 0
     else:
         assert size == 0
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
-
-
 
 
 class Recorder(asyncio.DatagramProtocol):

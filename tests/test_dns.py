@@ -14,12 +14,9 @@ import socket
 import threading
 
 import pytest
+from util import run
 
 GUARD = 30.0
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, GUARD))
 
 
 class TestGetaddrinfo:

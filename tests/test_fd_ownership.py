@@ -22,6 +22,7 @@ import weakref
 import pytest
 
 import ferroloop
+from util import run
 
 # Generous: these bound how long a call that must end promptly may take on a busy machine.
 PROMPT = 5.0
@@ -58,10 +59,6 @@ def take_number(number):
     finally:
         for s in held:
             s.close()
-
-
-def run(loop, coro, timeout=PROMPT * 2):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
 # -- sock_* calls closed under --------------------------------------------------------------

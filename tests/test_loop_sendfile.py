@@ -15,14 +15,10 @@ import ssl
 import sys
 
 import pytest
+from util import TIMEOUT, run
 
-TIMEOUT = 60.0
 SIZE = 3 * 1024 * 1024 + 123
 CERTS = pathlib.Path(__file__).parent / "certs"
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
 
 
 @pytest.fixture(scope="module")

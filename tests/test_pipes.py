@@ -24,13 +24,9 @@ import socket
 import tempfile
 
 import pytest
+from util import run
 
-TIMEOUT = 60.0
 BIG = 1024 * 1024  # more than a pipe holds
-
-
-def run(loop, coro, timeout=TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
 async def spin(n=10):

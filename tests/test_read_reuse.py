@@ -17,8 +17,8 @@ import socket
 import pytest
 
 import ferroloop
+from util import run
 
-TIMEOUT = 60.0
 
 # Sizes in turn: small, around the 1 KiB where reuse starts, growing past and shrinking below
 # what the last read brought, and one larger than a single read takes.
@@ -51,10 +51,6 @@ def pair(request):
     yield a, b
     a.close()
     b.close()
-
-
-def run(loop, awaitable):
-    return loop.run_until_complete(asyncio.wait_for(awaitable, TIMEOUT))
 
 
 class Collector(asyncio.Protocol):

@@ -21,13 +21,7 @@ import pytest
 from conftest import requires_ipv6
 
 import ferroloop
-
-TIMEOUT = 60.0
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
-
+from util import TIMEOUT, run
 
 
 

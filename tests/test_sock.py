@@ -15,14 +15,11 @@ import ssl
 import struct
 
 import pytest
+from util import run
 
 # Every test coroutine is bounded: a lost wake-up fails the test instead of hanging it.
 GUARD = 30.0
 MIB = 1024 * 1024
-
-
-def run(loop, coro, guard=GUARD):
-    return loop.run_until_complete(asyncio.wait_for(coro, guard))
 
 
 class SocketSubclass(socket.socket):
@@ -284,7 +281,7 @@ class TestRecv:
             # Awaited directly, not in a new task: it registers before the clean-up runs.
             return await loop.sock_recv(a, 100)
 
-        assert run(loop, main(), guard=5) == b"second"
+        assert run(loop, main(), timeout=5) == b"second"
 
     def test_reset_by_peer_reaches_waiting_recv(self, loop, tcp_pair):
         client, server = tcp_pair
@@ -477,7 +474,7 @@ class TestSendall:
             finally:
                 reading.cancel()
 
-        assert run(loop, main(), guard=5).strip(b" ") == b"world"
+        assert run(loop, main(), timeout=5).strip(b" ") == b"world"
 
     def test_peer_closed(self, loop, pair):
         a, b = pair

@@ -34,8 +34,8 @@ from asyncio import trsock
 import pytest
 
 import ferroloop
+from util import TIMEOUT, run
 
-TIMEOUT = 60.0
 MiB = 1024 * 1024
 DEFAULT_LIMITS = (16 * 1024, 64 * 1024)  # (low, high) of a new transport
 MAX_READ = 256 * 1024  # the most one data_received gets
@@ -43,10 +43,6 @@ TAG = contextvars.ContextVar("TAG", default="unset")  # for the context test
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def run(loop, awaitable, timeout=TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
 
 
 def run_until(loop, predicate, timeout=TIMEOUT):

@@ -9,12 +9,7 @@ import asyncio
 import socket
 
 import pytest
-
-TIMEOUT = 60.0
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
+from util import run
 
 
 async def echo_lines(reader, writer):

@@ -24,14 +24,10 @@ import tempfile
 import threading
 
 import pytest
+from util import run
 
-TIMEOUT = 60.0
 PY = sys.executable
 PIPE = subprocess.PIPE
-
-
-def run(loop, coro, timeout=TIMEOUT):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
 class Recorder(asyncio.SubprocessProtocol):

@@ -11,14 +11,10 @@ import socket
 import ssl
 
 import pytest
+from util import run
 
-TIMEOUT = 10.0
 CERTS = pathlib.Path(__file__).parent / "certs"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
 
 
 def server_context():
