@@ -1,4 +1,4 @@
-"""TLS, datagrams, pipes and subprocesses are loaded when the loop first needs them
+"""TLS, sendfile, datagrams, pipes and subprocesses are loaded when the loop first needs them
 (`_LATER` in python/ferroloop/_loop.py): importing ferroloop and making a loop leaves their
 modules unimported, the first lookup of any of their methods brings them in, and then every
 name of the class resolves exactly as it would with all the mixins among its bases.
@@ -15,14 +15,22 @@ from ferroloop import _core, _loop
 from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetMixin
 from ferroloop._pipes import PipeMixin
+from ferroloop._resolver import ResolverMixin
+from ferroloop._sendfile import SendfileMixin
 from ferroloop._signals import SignalMixin
+from ferroloop._subprocess import SubprocessMixin
 from ferroloop._sock import SockMixin
 from ferroloop._tls import TlsMixin
 
-LATER_MODULES = ["ferroloop._tls", "ferroloop._datagram", "ferroloop._pipes", "ferroloop._subprocess"]
+LATER_MODULES = [
+    "ferroloop._tls", "ferroloop._sendfile", "ferroloop._datagram", "ferroloop._pipes", "ferroloop._subprocess"
+]
 
 
-class Eager(_core.LoopCore, SockMixin, NetMixin, TlsMixin, DatagramMixin, PipeMixin, SignalMixin, events.AbstractEventLoop):
+class Eager(
+    _core.LoopCore, SockMixin, ResolverMixin, NetMixin, TlsMixin, SendfileMixin, DatagramMixin, PipeMixin,
+    SubprocessMixin, SignalMixin, events.AbstractEventLoop,
+):
     """The class with every mixin among its bases, in the order they had there."""
 
 
@@ -98,7 +106,10 @@ def test_names_resolve_as_with_every_mixin_a_base():
 
 
 def test_every_later_name_is_one_its_mixin_provides():
-    mixins = {"TlsMixin": TlsMixin, "DatagramMixin": DatagramMixin, "PipeMixin": PipeMixin}
+    mixins = {
+        "TlsMixin": TlsMixin, "SendfileMixin": SendfileMixin, "DatagramMixin": DatagramMixin, "PipeMixin": PipeMixin,
+        "SubprocessMixin": SubprocessMixin,
+    }
     for (_, cls_name), names in _loop._LATER.items():
         provided = {n for k in mixins[cls_name].__mro__[:-1] for n in vars(k) if not n.startswith("__")}
         assert set(names) == provided, cls_name
@@ -106,7 +117,7 @@ def test_every_later_name_is_one_its_mixin_provides():
 
 def test_first_use_of_subprocesses_and_sendfile():
     # A subprocess first (the pipe mixin, with the subprocess one it builds on), then
-    # loop.sendfile on a connection (the TLS mixin, which holds sendfile).
+    # loop.sendfile on a connection (the sendfile mixin alone).
     out = run_fresh(
         "import asyncio, os, sys, tempfile, ferroloop\n"
         "later = " + repr(LATER_MODULES) + "\n"
@@ -131,7 +142,7 @@ def test_first_use_of_subprocesses_and_sendfile():
     )
     assert out.splitlines() == [
         "b'42' ['ferroloop._pipes', 'ferroloop._subprocess']",
-        "100000 100000 ['ferroloop._pipes', 'ferroloop._subprocess', 'ferroloop._tls']",
+        "100000 100000 ['ferroloop._pipes', 'ferroloop._sendfile', 'ferroloop._subprocess']",
     ]
 
 
@@ -142,10 +153,10 @@ def test_a_subclass_override_wins_before_and_after_loading():
         "    def start_tls(self, *args, **kwargs): return 'mine'\n"
         "loop = Mine()\n"
         "print(type(vars(ferroloop.Loop)['start_tls']).__name__, loop.start_tls())\n"
-        "print(loop.sendfile.__func__.__qualname__, loop.start_tls())\n"
+        "print(loop._make_ssl_transport.__func__.__qualname__, loop.start_tls())\n"
         "loop.close()\n"
     )
-    assert out.splitlines() == ["_LoadedAtFirstUse mine", "TlsMixin.sendfile mine"]
+    assert out.splitlines() == ["_LoadedAtFirstUse mine", "TlsMixin._make_ssl_transport mine"]
 
 
 def test_a_name_patched_before_first_use_keeps_its_patch():
@@ -154,7 +165,7 @@ def test_a_name_patched_before_first_use_keeps_its_patch():
         "import ferroloop\n"
         "loop = ferroloop.new_event_loop()\n"
         "with mock.patch.object(ferroloop.Loop, 'start_tls', lambda self, *a: 'patched'):\n"
-        "    loop.sendfile  # loads the TLS mixin while start_tls is patched\n"
+        "    loop._make_ssl_transport  # loads the TLS mixin while start_tls is patched\n"
         "    print(loop.start_tls())\n"
         "print(loop.start_tls.__func__.__qualname__)\n"
         "loop.close()\n"

@@ -1,6 +1,9 @@
 """Datagram endpoints (UDP and Unix datagram sockets): `loop.create_datagram_endpoint` and the
 transport it returns, with the stock selector loop's semantics.
 
+Why not the stdlib's: the stock `_SelectorDatagramTransport` is built on `_SelectorTransport`,
+which needs a selector loop's internals; flow control is the stdlib's own mixin.
+
 Opening an endpoint. Each address is resolved alone, by `_addr.resolve_address`: a numeric host
 (an IPv4 or IPv6 literal with a numeric port) skips `loop.getaddrinfo`, as in the stock loop.
 The results are grouped by (family, proto)
@@ -19,7 +22,8 @@ loop's private `_add_reader`/`_remove_reader` (and the writer twins).
 Sending. `sendto` sends at once when nothing is queued; when the kernel would block, the datagram
 is copied (the caller may reuse its buffer) and queued, and the socket is watched for
 writability until the queue drains. The queue's size drives flow control: above the high-water
-mark the protocol's `pause_writing` is called, at or below the low-water mark `resume_writing`.
+mark the protocol's `pause_writing` is called, at or below the low-water mark `resume_writing`
+(the standard library's `transports._FlowControlMixin`, which the stock transport uses too).
 From 3.13 on, every queued datagram counts 8 bytes of header on top of its payload, so that empty
 datagrams (sent since 3.13, dropped before) still count; the size goes down by the same amount
 when a datagram leaves the queue (3.13.0 forgot that, CPython fixed it in gh-135444) and is
@@ -202,7 +206,7 @@ class DatagramMixin:
         return DatagramSocketTransport(self, sock, protocol, address, waiter, extra)
 
 
-class DatagramSocketTransport(ReadPausing, transports.Transport, transports.DatagramTransport):
+class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transports.DatagramTransport):
     """The transport of a datagram socket; see the module docstring."""
 
     max_size = 256 * 1024  # the largest datagram read at once
@@ -211,8 +215,7 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
     _sock = None
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
-        super().__init__(extra)
-        self._loop = loop
+        super().__init__(extra, loop)  # _FlowControlMixin: the stock write flow control
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -233,8 +236,6 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
         self._paused = False
         self._read_polling = False
         self._write_polling = False
-        self._protocol_paused = False
-        self._set_write_buffer_limits()
         self._sock = sock
         loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
@@ -388,45 +389,6 @@ class DatagramSocketTransport(ReadPausing, transports.Transport, transports.Data
 
     def get_write_buffer_size(self):
         return self._buffer_size
-
-    def get_write_buffer_limits(self):
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._set_write_buffer_limits(high, low)
-        self._maybe_pause_protocol()
-
-    def _set_write_buffer_limits(self, high=None, low=None):
-        """Defaults: 64 KiB high; low is a quarter of high, high four times low."""
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-
-    def _maybe_pause_protocol(self):
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        self._call_flow_control(self._protocol.pause_writing, "protocol.pause_writing() failed")
-
-    def _maybe_resume_protocol(self):
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            self._call_flow_control(self._protocol.resume_writing, "protocol.resume_writing() failed")
-
-    def _call_flow_control(self, method, message):
-        try:
-            method()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-            )
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -6,14 +6,14 @@ the parts that are not on a hot path, with the stock loop's semantics and messag
 future completes, tasks and futures, executors, async generator hooks, the exception handler, and
 the debug switches. Sockets, TLS, datagrams, pipes, subprocesses and signals come from the mixins.
 
-TLS (with `loop.sendfile`), datagrams, pipes and subprocesses are not among the class's bases: their
+TLS, sendfile, datagrams, pipes and subprocesses are not among the class's bases: their
 methods are set on the class when one of them is first looked up (`_LATER`, `_LoadedAtFirstUse`).
 Their modules are 40% of ferroloop's Python code and about 0.25 MiB of every process's memory, and
 most programs use few of them. The class's own dict comes first in every lookup, so each name
-resolves as it did when the mixins were bases (in the order `Sock, Net, Tls, Datagram, Pipe,
-Signal`) only because neither `LoopCore`, the sock, net and signal mixins nor this class's body
-define any of these names: tests/test_lazy_mixins.py checks that every name of the class resolves
-as before. Two consequences: a module that fails to import raises at the first lookup, not at
+resolves as it did when the mixins were bases (in the order `Sock, Resolver, Net, Tls, Sendfile,
+Datagram, Pipe, Subprocess, Signal`) only because neither `LoopCore`, the eager mixins nor this
+class's body define any of these names: tests/test_lazy_mixins.py checks that every name of the
+class resolves as before. Two consequences: a module that fails to import raises at the first lookup, not at
 `import ferroloop`; and `unittest.mock.patch.object(Loop, name, autospec=True)` before the first
 use specs the placeholder, which is not callable (look the name up once first).
 """
@@ -34,6 +34,7 @@ from asyncio.log import logger
 from ferroloop import _core, _hooks
 from ferroloop._fd import fileobj_to_fd
 from ferroloop._net import NetMixin
+from ferroloop._resolver import ResolverMixin
 from ferroloop._signals import SignalMixin
 from ferroloop._sock import SockMixin
 
@@ -64,8 +65,10 @@ def spin_limit_from_env():
 
 # The mixins set on `Loop` at first use: (module, class) -> the names the class provides.
 _LATER = {
-    ("ferroloop._tls", "TlsMixin"): (
-        "_make_ssl_transport", "start_tls", "sendfile", "_sendfile_native", "_sendfile_fallback",
+    ("ferroloop._tls", "TlsMixin"): ("_make_ssl_transport", "start_tls"),
+    ("ferroloop._sendfile", "SendfileMixin"): (
+        "sock_sendfile", "_sock_sendfile_native", "_sock_sendfile_fallback",
+        "sendfile", "_sendfile_native", "_sendfile_fallback",
     ),
     ("ferroloop._datagram", "DatagramMixin"): (
         "create_datagram_endpoint", "_datagram_candidates", "_open_datagram_socket",
@@ -74,7 +77,8 @@ _LATER = {
     ("ferroloop._pipes", "PipeMixin"): (
         "_make_read_pipe_transport", "_make_write_pipe_transport", "connect_read_pipe",
         "connect_write_pipe", "_finish_pipe_connect",
-        # from its base, ferroloop._subprocess.SubprocessMixin
+    ),
+    ("ferroloop._subprocess", "SubprocessMixin"): (
         "subprocess_shell", "subprocess_exec", "_start_subprocess", "_log_subprocess",
         "_make_subprocess_transport",
     )
@@ -141,7 +145,7 @@ def _owner(fileobj):
     return None if isinstance(fileobj, int) else fileobj
 
 
-class Loop(_core.LoopCore, SockMixin, NetMixin, SignalMixin, events.AbstractEventLoop):
+class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust; use it like the stock loop."""
 
     def __init__(self):

@@ -1,6 +1,10 @@
 """Stream connections and servers: create_connection, create_server, their Unix-socket twins,
 and connect_accepted_socket, with the stock semantics of `base_events` and `unix_events`.
 
+Why not the stdlib's: the stock methods are `BaseEventLoop`'s and make selector transports;
+these make the Rust stream transport, and reuse the stdlib where it is loop-independent
+(`staggered_race` for happy eyeballs, `sslproto` for TLS).
+
 What is worth knowing before reading the code:
 
 - Addresses that are already numeric skip `getaddrinfo`, as the stock loop does (`_addr.py`).

@@ -1,6 +1,10 @@
 """Pipe transports: `loop.connect_read_pipe` and `loop.connect_write_pipe`, with the stock Unix
 loop's semantics, in Python on top of the loop's fd watching.
 
+Why not the stdlib's: the stock `unix_events` pipe transports read and write whatever file has
+the fd's number, also after the pipe object was closed and the number reused; these check the
+owner first (below). Flow control is the stdlib's own mixin.
+
 What a pipe transport accepts. Any file object whose fd is a FIFO, a socket or a character
 device (a pty, /dev/null): regular files and directories are refused with the stock ValueError,
 since readiness means nothing for them. The fd is switched to non-blocking mode and read and
@@ -48,7 +52,6 @@ from asyncio.log import logger
 
 from ferroloop._fd import live_fd
 from ferroloop._reading import ReadPausing
-from ferroloop._subprocess import SubprocessMixin
 
 __all__ = ("PipeMixin", "ReadPipeTransport", "WritePipeTransport")
 
@@ -64,9 +67,9 @@ def _fd_kind(fd):
     return stat.S_ISFIFO(mode), stat.S_ISSOCK(mode), stat.S_ISCHR(mode)
 
 
-class PipeMixin(SubprocessMixin):
-    """`connect_read_pipe`, `connect_write_pipe` and the factories of their transports (and,
-    through `SubprocessMixin`, `subprocess_exec`/`subprocess_shell`)."""
+class PipeMixin:
+    """`connect_read_pipe`, `connect_write_pipe` and the factories of their transports (which
+    subprocesses use too, through these loop methods)."""
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return ReadPipeTransport(self, pipe, protocol, waiter, extra)

@@ -1,5 +1,9 @@
 """The Server object returned by `create_server` and `create_unix_server`, with its accept loop.
 
+Why not the stdlib's: the stock `base_events.Server` starts serving through the selector loop's
+`_start_serving`, and differs between versions; this one accepts through the loop's Rust
+registrations, in batches (faster under load), with the newest semantics on every version.
+
 Semantics are the stock `base_events.Server` of the newest Python here (3.13), on every Python:
 
 - The server knows its connections. Each transport it creates calls `_attach(transport)` when it

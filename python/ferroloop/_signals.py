@@ -1,5 +1,8 @@
 """`add_signal_handler` / `remove_signal_handler`, with the stock Unix loop's semantics.
 
+Why not the stdlib's: the stock methods belong to `unix_events._UnixSelectorEventLoop` and read
+the wake-up socket through its selector; these read it through the loop's Rust poller.
+
 How a signal reaches its callback: the loop's wake-up socket is given to `signal.set_wakeup_fd`,
 and each handled signal gets a do-nothing Python handler, so CPython's C handler writes the
 signal number to that socket. The Rust loop reads the numbers among the iteration's events and
