@@ -146,18 +146,18 @@ def test_aiohttp(tmp_path):
     assert serve_and_ask([sys.executable, "main.py"], port, tmp_path) == LOOP_MODULE
 
 
-def run_program(tmp_path, program, *argv):
-    (tmp_path / "main.py").write_text(program)
+def run_python(cwd, *argv):
+    """Runs this Python with `argv` in `cwd`; its standard output (it must succeed)."""
     proc = subprocess.run(
-        [sys.executable, *argv] if argv else [sys.executable, "main.py"],
-        cwd=tmp_path,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, *argv], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def run_program(tmp_path, program, *argv):
+    (tmp_path / "main.py").write_text(program)
+    return run_python(tmp_path, *(argv or ["main.py"]))
 
 
 def test_anyio(tmp_path):
@@ -190,17 +190,11 @@ def test_pytest_asyncio(tmp_path):
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-o", "asyncio_default_fixture_loop_scope=function", "test_on_ferroloop.py"],
-        cwd=tmp_path,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_python(
+        tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "-o", "asyncio_default_fixture_loop_scope=function", "test_on_ferroloop.py",
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
+    assert "1 passed" in out
 
 
 def test_any_program_through_the_command_line(tmp_path):
