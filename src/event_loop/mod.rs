@@ -435,42 +435,39 @@ impl LoopCore {
         Ok(())
     }
 
-    /// `create_task` through the task factory (see `create_task`).
-    #[cfg(Py_3_14)]
+    /// `create_task` through the task factory (see `create_task`). From 3.14 the factory is given
+    /// `create_task`'s keywords as they are; before, as the stock loop of those versions, it is
+    /// given no `name` (the task is named once made) and no `context` that is None.
     fn call_task_factory<'py>(
         slf: &Bound<'py, Self>,
         factory: &Bound<'py, PyAny>,
         coro: Bound<'py, PyAny>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        factory.call((slf, coro), kwargs.as_ref())
-    }
-
-    /// `create_task` through the task factory (see `create_task`).
-    #[cfg(not(Py_3_14))]
-    fn call_task_factory<'py>(
-        slf: &Bound<'py, Self>,
-        factory: &Bound<'py, PyAny>,
-        coro: Bound<'py, PyAny>,
-        kwargs: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
-        let name = kw.get_item(intern!(py, "name"))?;
-        if name.is_some() {
-            kw.del_item(intern!(py, "name"))?;
-        }
-        if kw
-            .get_item(intern!(py, "context"))?
-            .is_some_and(|c| c.is_none())
+        #[cfg(Py_3_14)]
         {
-            kw.del_item(intern!(py, "context"))?;
+            factory.call((slf, coro), kwargs.as_ref())
         }
-        let task = factory.call((slf, coro), Some(&kw))?;
-        if let Some(name) = name.filter(|n| !n.is_none()) {
-            task.call_method1(intern!(py, "set_name"), (name,))?;
+        #[cfg(not(Py_3_14))]
+        {
+            let py = slf.py();
+            let kw = kwargs.unwrap_or_else(|| PyDict::new(py));
+            let name = kw.get_item(intern!(py, "name"))?;
+            if name.is_some() {
+                kw.del_item(intern!(py, "name"))?;
+            }
+            if kw
+                .get_item(intern!(py, "context"))?
+                .is_some_and(|c| c.is_none())
+            {
+                kw.del_item(intern!(py, "context"))?;
+            }
+            let task = factory.call((slf, coro), Some(&kw))?;
+            if let Some(name) = name.filter(|n| !n.is_none()) {
+                task.call_method1(intern!(py, "set_name"), (name,))?;
+            }
+            Ok(task)
         }
-        Ok(task)
     }
 
     /// `add_io` from Python: a socket given as `owner` is watched, so that closing it drops the
