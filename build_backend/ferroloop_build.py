@@ -9,12 +9,6 @@ should instead be told at once what is missing and how to get it.
 import shutil
 
 import maturin
-from maturin import build_editable as _build_editable
-from maturin import build_sdist as _build_sdist
-from maturin import build_wheel as _build_wheel
-from maturin import get_requires_for_build_sdist as _get_requires_for_build_sdist
-from maturin import get_requires_for_build_wheel as _get_requires_for_build_wheel
-from maturin import prepare_metadata_for_build_wheel as _prepare_metadata_for_build_wheel
 
 MINIMUM_RUST = "1.85"
 
@@ -41,7 +35,7 @@ def _require_rust():
 
 def get_requires_for_build_wheel(config_settings=None):
     _require_rust()
-    return _get_requires_for_build_wheel(config_settings)
+    return maturin.get_requires_for_build_wheel(config_settings)
 
 
 def get_requires_for_build_editable(config_settings=None):
@@ -51,7 +45,7 @@ def get_requires_for_build_editable(config_settings=None):
 
 def get_requires_for_build_sdist(config_settings=None):
     _require_rust()
-    return _get_requires_for_build_sdist(config_settings)
+    return maturin.get_requires_for_build_sdist(config_settings)
 
 
 def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
@@ -61,19 +55,19 @@ def prepare_metadata_for_build_editable(metadata_directory, config_settings=None
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     _require_rust()
-    return _prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+    return maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     _require_rust()
-    return _build_wheel(wheel_directory, config_settings, metadata_directory)
+    return maturin.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     _require_rust()
-    return _build_editable(wheel_directory, config_settings, metadata_directory)
+    return maturin.build_editable(wheel_directory, config_settings, metadata_directory)
 
 
 def build_sdist(sdist_directory, config_settings=None):
     _require_rust()
-    return _build_sdist(sdist_directory, config_settings)
+    return maturin.build_sdist(sdist_directory, config_settings)

@@ -44,16 +44,10 @@ from asyncio import constants, exceptions, protocols, transports
 
 from ferroloop import _core
 from ferroloop._fd import live_fd
-
-try:
-    import ssl as _ssl
-except ImportError:  # pragma: no cover
-    _ssl = None
+from ferroloop._sock import _SSL_SOCKET
 
 __all__ = ("SendfileMixin",)
 
-# isinstance(x, ()) is always false: without the ssl module there is no SSLSocket to refuse.
-_SSL_SOCKET = _ssl.SSLSocket if _ssl is not None else ()
 # os.sendfile's count is an ssize_t: larger blocks overflow on 32-bit builds.
 _MAX_SENDFILE_BLOCK = sys.maxsize // 2 + 1
 _FALLBACK_BLOCK_SIZE = 16384
