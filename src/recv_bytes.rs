@@ -51,7 +51,7 @@ use crate::core::sys::{self, syscall};
 use crate::cpython::bytes::{self, BytesBuf};
 use crate::cpython::gil::GilCell;
 use crate::cpython::refcount;
-use crate::event_loop::retry_eintr;
+use crate::errors::retry_eintr;
 
 /// One non-blocking `recv` of at most `n` bytes from `fd` (retried on EINTR after the signal
 /// handlers ran): the bytes that arrived (empty at end of stream), or the kernel's error.

@@ -29,8 +29,10 @@ use pyo3::PyTraverseError;
 
 use crate::core::sys;
 use crate::cpython::gil::GilCell;
-use crate::event_loop::{os_error, Handle, LoopCore, Ties, Which};
-use crate::owner::{self, close_watch};
+use crate::errors::{closed_fd_error, os_error};
+use crate::event_loop::close_watch;
+use crate::event_loop::{Handle, LoopCore, Ties, Which};
+use crate::owner;
 use crate::recv_bytes::{recv_bytes, recv_bytes_guessing};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -167,15 +169,11 @@ impl SockWaiter {
         op: Op,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
-        let future = LoopCore::create_future(event_loop)?;
-        // The stock check that no transport owns the fd, called only when the fd is in the
-        // loop's transport table at all (a plain dict lookup; the check itself is Python).
-        let owners = event_loop
-            .getattr(intern!(py, "_transports"))?
-            .getattr(intern!(py, "data"))?;
-        if owners.contains(fd)? {
-            event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
-        }
+        let future = LoopCore::new_future(event_loop)?;
+        // The stock check that no transport owns the fd.
+        event_loop
+            .get()
+            .ensure_no_transport(fd.into_pyobject(py)?.as_any())?;
         let waiter = Bound::new(
             py,
             SockWaiter {
@@ -274,7 +272,7 @@ impl SockWaiter {
             )
         };
         if !owner::holds(&sock, this.fd)? {
-            return Self::finish(slf, Err(owner::closed_fd_error()));
+            return Self::finish(slf, Err(closed_fd_error()));
         }
         if let Some((n, stream)) = recv {
             return match recv_now(&event_loop, this.fd, n, stream) {

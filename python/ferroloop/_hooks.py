@@ -6,6 +6,7 @@ They live in Python so that their text is the stock loop's, built by the same
 
 import inspect
 import sys
+import traceback
 from asyncio import coroutines, format_helpers, tasks
 from asyncio.log import logger
 
@@ -62,3 +63,27 @@ def log_slow_callback(handle, seconds):
     owner = getattr(handle._callback, "__self__", None)
     what = repr(owner) if isinstance(owner, tasks.Task) else str(handle)
     logger.warning("Executing %s took %.3f seconds", what, seconds)
+
+
+def default_exception_handler(loop, context):
+    """The stock default exception handler's log line, for `loop`: `LoopCore`'s
+    `call_exception_handler`, and `Loop.default_exception_handler`."""
+    message = context.get("message") or "Unhandled exception in event loop"
+    exception = context.get("exception")
+    exc_info = (type(exception), exception, exception.__traceback__) if exception is not None else False
+    current = loop._current_handle
+    if "source_traceback" not in context and current is not None and current._source_traceback:
+        context["handle_traceback"] = current._source_traceback
+    lines = [message]
+    for key in sorted(context):
+        if key in {"message", "exception"}:
+            continue
+        value = context[key]
+        if key == "source_traceback":
+            value = "Object created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+        elif key == "handle_traceback":
+            value = "Handle created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+        else:
+            value = repr(value)
+        lines.append(f"{key}: {value}")
+    logger.error("\n".join(lines), exc_info=exc_info)

@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import warnings
 import weakref
 from asyncio import constants, coroutines, events, futures, tasks, timeouts
@@ -157,15 +156,10 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
         self._default_executor = None
         self._executor_shutdown_called = False
         self._exception_handler = None
-        self._task_factory = None
-        self._current_handle = None
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
-        # fd -> the transport that owns it, as in the stock selector loop.
-        self._transports = weakref.WeakValueDictionary()
-        self._signal_handlers = {}
         self._set_debug(coroutines._is_debug_mode())
         if spin is not None:
             self._set_spin_limit(spin)
@@ -319,16 +313,6 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
             sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
         self._coroutine_origin_tracking_enabled = enabled
 
-    # -- futures and tasks -----------------------------------------------------------------
-
-    def set_task_factory(self, factory):
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self):
-        return self._task_factory
-
     # -- async generators ------------------------------------------------------------------
 
     def _asyncgen_firstiter_hook(self, agen):
@@ -429,25 +413,7 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
 
     def default_exception_handler(self, context):
         """Logs the context on the `asyncio` logger, as the stock loop does."""
-        message = context.get("message") or "Unhandled exception in event loop"
-        exception = context.get("exception")
-        exc_info = (type(exception), exception, exception.__traceback__) if exception is not None else False
-        current = self._current_handle
-        if "source_traceback" not in context and current is not None and current._source_traceback:
-            context["handle_traceback"] = current._source_traceback
-        lines = [message]
-        for key in sorted(context):
-            if key in {"message", "exception"}:
-                continue
-            value = context[key]
-            if key == "source_traceback":
-                value = "Object created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
-            elif key == "handle_traceback":
-                value = "Handle created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
-            else:
-                value = repr(value)
-            lines.append(f"{key}: {value}")
-        logger.error("\n".join(lines), exc_info=exc_info)
+        _hooks.default_exception_handler(self, context)
 
     def call_exception_handler(self, context):
         """Passes `context` to the exception handler set, or to the default one."""
@@ -482,18 +448,6 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
                 )
 
     # -- readiness -------------------------------------------------------------------------
-
-    def _ensure_fd_no_transport(self, fd):
-        """The stock RuntimeError when `fd` belongs to a transport that is not closing."""
-        fileno = fd
-        if not isinstance(fileno, int):
-            try:
-                fileno = int(fileno.fileno())
-            except (AttributeError, TypeError, ValueError):
-                raise ValueError(f"Invalid file object: {fd!r}") from None
-        transport = self._transports.get(fileno)
-        if transport is not None and not transport.is_closing():
-            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` on every iteration while `fd` is readable. A file object

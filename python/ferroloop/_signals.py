@@ -6,8 +6,9 @@ the wake-up socket through its selector; these read it through the loop's Rust p
 How a signal reaches its callback: the loop's wake-up socket is given to `signal.set_wakeup_fd`,
 and each handled signal gets a do-nothing Python handler, so CPython's C handler writes the
 signal number to that socket. The Rust loop reads the numbers among the iteration's events and
-calls `_process_signals`, which queues each signal's callback with `call_soon`: it runs in the
-same iteration, as in the stock loop, and outside the signal handler, so it may do anything.
+queues the callback `_signal_handlers` (a dict the Rust loop owns) holds for each with
+`call_soon`: it runs in the same iteration, as in the stock loop, and outside the signal handler,
+so it may do anything.
 
 While any handler is registered, the wake-up fd stays pointed at the loop between runs too (the
 stock loop does the same), so a signal that arrives while the loop is not running is handled at
@@ -30,7 +31,8 @@ def _sighandler_noop(signum, frame):
 
 
 class SignalMixin:
-    """Needs `self._signal_handlers = {}` (signal number -> (callback, args, context))."""
+    """Keeps `self._signal_handlers` (signal number -> (callback, args, context)), which the
+    Rust loop reads when a signal's number arrives."""
 
     def _check_signal(self, sig):
         if not isinstance(sig, int):
@@ -89,15 +91,6 @@ class SignalMixin:
             signal.set_wakeup_fd(-1)
         except (ValueError, OSError) as exc:
             logger.info("set_wakeup_fd(-1) failed: %s", exc)
-
-    def _process_signals(self, numbers):
-        """Called by the Rust loop with the signal numbers read from the wake-up socket."""
-        table = self._signal_handlers
-        for signum in numbers:
-            entry = table.get(signum)
-            if entry is not None:
-                callback, args, context = entry
-                self.call_soon(callback, *args, context=context)
 
     def _has_signal_handlers(self):
         return bool(self._signal_handlers)

@@ -1,4 +1,5 @@
-//! The engine: clock, timer queue, ready queue, poller and the byte buffers of transports.
+//! The engine: clock, timer queue, ready queue, poller, the byte buffers of transports, and the
+//! few system helpers they use.
 //!
 //! Nothing here knows about Python. The loop layer (`crate::event_loop`) stores Python handles in
 //! these generic containers and maps poller tokens to its own registrations, so the engine can be
@@ -8,6 +9,7 @@ pub mod allocator;
 pub mod buffer;
 pub mod clock;
 pub mod poller;
+pub mod prefetch;
 pub mod ready;
 pub mod sys;
 pub mod timers;

@@ -136,6 +136,13 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The calling thread's id: `pthread_self`, the value CPython's `threading.get_ident()` returns
+/// on Linux.
+pub fn current_thread_id() -> u64 {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as u64 }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::ErrorKind;

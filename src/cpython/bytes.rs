@@ -26,7 +26,7 @@ extern "C" {
 /// Whether a `bytes` may be reused and handed over with more storage than its size (both write
 /// its layout); `FERROLOOP_LAYOUT_READS=0` turns it off, and every read then gets a new `bytes`.
 pub fn reuse_allowed() -> bool {
-    super::layout_reads_allowed()
+    super::switch::layout_reads_allowed()
 }
 
 /// Sets the size of a `bytes` (`Py_SET_SIZE`, which PyO3 does not export).

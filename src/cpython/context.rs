@@ -163,7 +163,7 @@ fn probe_current(py: Python<'_>) -> PyResult<Option<usize>> {
 /// GIL (`PyOnceLock` does while it initialises), so it must not happen under a `GilCell` borrow.
 pub fn vars_reader(py: Python<'_>) -> Option<VarsReader> {
     *READER.get_or_init(py, || {
-        if !super::layout_reads_allowed() || !probe(py).unwrap_or(false) {
+        if !super::switch::layout_reads_allowed() || !probe(py).unwrap_or(false) {
             return None;
         }
         let current = if cfg!(Py_GIL_DISABLED) {

@@ -28,7 +28,7 @@ const PREHEADER_FLAGS: std::ffi::c_ulong = (1 << 4) | (1 << 3);
 pub fn supported(py: Python<'_>) -> bool {
     let version = py.version_info();
     cfg!(not(Py_GIL_DISABLED))
-        && super::layout_reads_allowed()
+        && super::switch::layout_reads_allowed()
         && (3, 11) <= (version.major, version.minor)
         && (version.major, version.minor) <= (3, 15)
 }

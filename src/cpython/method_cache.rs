@@ -94,7 +94,8 @@ enum Storage {
 /// memory: the GIL is held and the pointers are live, per each `# Safety`.
 #[cfg(all(Py_3_11, not(Py_3_12)))]
 mod layout {
-    use super::{ffi, Storage};
+    use crate::cpython::method_cache::Storage;
+    use pyo3::ffi;
 
     pub const SUPPORTED: bool = true;
 
@@ -141,7 +142,8 @@ mod layout {
 
 #[cfg(all(Py_3_13, not(Py_GIL_DISABLED)))]
 mod layout {
-    use super::{ffi, Storage};
+    use crate::cpython::method_cache::Storage;
+    use pyo3::ffi;
 
     pub const SUPPORTED: bool = true;
 
@@ -223,7 +225,8 @@ mod layout {
 
 #[cfg(not(any(all(Py_3_11, not(Py_3_12)), all(Py_3_13, not(Py_GIL_DISABLED)))))]
 mod layout {
-    use super::{ffi, Storage};
+    use crate::cpython::method_cache::Storage;
+    use pyo3::ffi;
 
     pub const SUPPORTED: bool = false;
 
@@ -605,5 +608,5 @@ fn is_generic(getattro: Option<ffi::getattrofunc>) -> bool {
 /// Whether the cache is used: built for a CPython whose layouts `layout` knows (module doc), and
 /// layout reads not turned off (`FERROLOOP_LAYOUT_READS=0`).
 pub fn enabled(_py: Python<'_>) -> bool {
-    layout::SUPPORTED && super::layout_reads_allowed()
+    layout::SUPPORTED && super::switch::layout_reads_allowed()
 }

@@ -21,6 +21,7 @@ pub mod gil;
 pub mod method_cache;
 pub mod refcount;
 pub mod socket;
+mod switch;
 pub mod trampoline;
 
 use pyo3::prelude::*;
@@ -42,10 +43,4 @@ pub fn _tricks(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     tricks.set_item("method_cache", method_cache::enabled(py))?;
     tricks.set_item("bytes_reuse", bytes::reuse_allowed())?;
     Ok(tricks)
-}
-
-/// Whether layout reads are allowed at all (`FERROLOOP_LAYOUT_READS`, read once).
-fn layout_reads_allowed() -> bool {
-    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var_os("FERROLOOP_LAYOUT_READS").is_none_or(|v| v != "0"))
 }

@@ -60,7 +60,7 @@ fn layout(py: Python<'_>) -> Option<&Layout> {
                 .import("_socket")?
                 .getattr("socket")?
                 .cast_into::<PyType>()?;
-            let allowed = super::layout_reads_allowed();
+            let allowed = super::switch::layout_reads_allowed();
             let trusted = allowed && probe(&socket_type).unwrap_or(false);
             let io_refs = if allowed {
                 probe_io_refs(py).ok().flatten()

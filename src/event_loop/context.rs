@@ -28,7 +28,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use super::handle::Flags;
+use super::flags::Flags;
 use crate::cpython::context::VarsReader;
 use crate::cpython::gil::GilSlot;
 use crate::cpython::refcount;

@@ -30,7 +30,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::args::CallArgs;
-use super::LoopCore;
+use super::state::LoopCore;
 use crate::cpython::trampoline::{add_fastcall_method, get_trampoline_function, light_trampoline};
 
 /// The arguments of one call, split as `(*leading, *rest, context=...)`.

@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::PyTypeInfo;
 
-use super::handle::{Handle, TimerHandle};
 use crate::cpython::gc_alloc;
 use crate::cpython::gil::GilSlot;
 
@@ -157,11 +155,9 @@ unsafe extern "C" fn free<const TIMER: bool>(obj: *mut c_void) {
     unsafe { list::<TIMER>().free(obj) }
 }
 
-/// Puts the free lists in the allocation slots of `Handle` and `TimerHandle`. Called once, when
-/// the module is imported, before any handle exists.
-pub fn install(py: Python<'_>) {
-    let handle = Handle::type_object_raw(py);
-    let timer = TimerHandle::type_object_raw(py);
+/// Puts the free lists in the allocation slots of `handle` and `timer`, the classes `Handle` and
+/// `TimerHandle`. Called once, when the module is imported, before any handle exists.
+pub fn install(py: Python<'_>, handle: *mut ffi::PyTypeObject, timer: *mut ffi::PyTypeObject) {
     HANDLES.class.store(handle, Ordering::Relaxed);
     TIMERS.class.store(timer, Ordering::Relaxed);
     HANDLES

@@ -20,91 +20,42 @@
 //! Both classes recycle freed objects (`freelist.rs`); a recycled handle starts untracked by the
 //! collector, and `create` sets the tracking each kind of handle needs.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
 use super::args::CallArgs;
 use super::context::ContextSlot;
-use super::freelist;
+use super::flags::Flags;
 use super::hooks;
 use super::shared::LoopShared;
-use super::threadsafe::ThreadSafeHandle;
-use super::LoopCore;
+use crate::core::prefetch::prefetch;
 use crate::cpython::gil::{GilCell, GilSlot};
 use crate::cpython::refcount;
 
-struct Callback {
-    callback: Py<PyAny>,
+pub(super) struct Callback {
+    pub(super) callback: Py<PyAny>,
     /// `CallArgs::into_parts`; whether it is a tuple of several is the `ARGS_MANY` flag.
-    args: Option<Py<PyAny>>,
-}
-
-/// A handle's small state, in one byte so that a handle stays small.
-pub struct Flags(AtomicU8);
-
-impl Flags {
-    pub const CANCELLED: u8 = 1;
-    /// A timer sitting in the loop's heap (or waiting to join it).
-    pub const SCHEDULED: u8 = 2;
-    /// The handle's Context is its own, not a shared snapshot (see `context.rs`).
-    pub const CONTEXT_OWN: u8 = 4;
-    /// The stored arguments are a tuple of several (see `Callback::args`).
-    pub const ARGS_MANY: u8 = 8;
-    /// The callback is a Rust transport, whose read (or write) step runs straight from
-    /// `Handle::run`, without a bound method and a call through Python's calling convention.
-    /// It shows as the bound `_read_ready` (`_write_ready`) wherever the callback is seen.
-    pub const NATIVE_READ: u8 = 16;
-    pub const NATIVE_WRITE: u8 = 32;
-    /// Known to be tracked by the garbage collector, which untracks a handle only when it is
-    /// freed: `track_if_held` needs no call into CPython to ask again (a reader's handle leaves
-    /// the queue after every event, and that call read the GC header, a line nothing else uses).
-    const TRACKED: u8 = 64;
-    /// Made by `call_soon_threadsafe`: a `ThreadSafeHandle`, run under its lock.
-    pub const THREADSAFE: u8 = 128;
-
-    fn new(bits: u8) -> Flags {
-        Flags(AtomicU8::new(bits))
-    }
-
-    pub fn has(&self, bit: u8) -> bool {
-        self.0.load(Ordering::Relaxed) & bit != 0
-    }
-
-    pub fn set(&self, bit: u8) {
-        self.0.fetch_or(bit, Ordering::Relaxed);
-    }
-
-    fn clear(&self, bit: u8) {
-        self.0.fetch_and(!bit, Ordering::Relaxed);
-    }
-
-    /// Sets `bit`; whether it was set already.
-    fn test_and_set(&self, bit: u8) -> bool {
-        self.0.fetch_or(bit, Ordering::Relaxed) & bit != 0
-    }
+    pub(super) args: Option<Py<PyAny>>,
 }
 
 /// What only debug mode records, kept out of line so a handle stays small.
-struct DebugInfo {
-    source_traceback: Py<PyAny>,
+pub(super) struct DebugInfo {
+    pub(super) source_traceback: Py<PyAny>,
     /// The repr taken at `cancel()`, which then drops the callback.
-    repr: GilCell<Option<Py<PyAny>>>,
+    pub(super) repr: GilCell<Option<Py<PyAny>>>,
 }
 
 /// The callback and its arguments, until `cancel()` drops them: a `GilSlot`, to save the
 /// borrow flag on a million queued handles. Its accesses are `get` (two increfs, which run no
 /// Python code), `take` (moves out; the caller drops the result after) and the collector's read.
-struct CallbackSlot(GilSlot<Option<Callback>>);
+pub(super) struct CallbackSlot(pub(super) GilSlot<Option<Callback>>);
 
 impl CallbackSlot {
-    fn get<'py>(
+    pub(super) fn get<'py>(
         &self,
         py: Python<'py>,
         flags: &Flags,
@@ -122,7 +73,7 @@ impl CallbackSlot {
         }
     }
 
-    fn take(&self, py: Python<'_>) -> Option<Callback> {
+    pub(super) fn take(&self, py: Python<'_>) -> Option<Callback> {
         // SAFETY: moving the value out runs no Python code; the caller drops it after.
         unsafe { self.0.with(py, Option::take) }
     }
@@ -140,107 +91,18 @@ impl CallbackSlot {
 
 #[pyclass(module = "ferroloop", frozen, subclass, weakref)]
 pub struct Handle {
-    callback: CallbackSlot,
-    context: ContextSlot,
-    debug: Option<Box<DebugInfo>>,
-    flags: Flags,
+    pub(super) callback: CallbackSlot,
+    pub(super) context: ContextSlot,
+    pub(super) debug: Option<Box<DebugInfo>>,
+    pub(super) flags: Flags,
 }
 
 /// A handle scheduled for a time; `when()` gives it.
 #[pyclass(module = "ferroloop", frozen, extends = Handle)]
 pub struct TimerHandle {
-    when: f64,
+    pub(super) when: f64,
     /// Where a cancelled timer is counted, for heap compaction.
-    shared: Arc<LoopShared>,
-}
-
-/// Everything a new handle needs; built by the loop's scheduling methods.
-pub struct NewHandle<'py> {
-    pub callback: Bound<'py, PyAny>,
-    pub args: CallArgs<'py>,
-    pub context: ContextSlot,
-    /// Whether `context` was given with `context=` (else it is a snapshot).
-    pub context_own: bool,
-    pub when: Option<f64>,
-    /// A `ThreadSafeHandle` (`call_soon_threadsafe`).
-    pub threadsafe: bool,
-    pub shared: &'py Arc<LoopShared>,
-}
-
-impl<'py> NewHandle<'py> {
-    fn into_handle(self, py: Python<'py>) -> PyResult<Handle> {
-        let debug = if self.shared.debug() {
-            Some(Box::new(DebugInfo {
-                source_traceback: hooks::call(py, "extract_stack", ())?.unbind(),
-                repr: GilCell::new(None),
-            }))
-        } else {
-            None
-        };
-        let (args, many) = self.args.into_parts();
-        let mut flags = 0;
-        if many {
-            flags |= Flags::ARGS_MANY;
-        }
-        if self.context_own {
-            flags |= Flags::CONTEXT_OWN;
-        }
-        if self.when.is_some() {
-            flags |= Flags::SCHEDULED;
-        }
-        if self.threadsafe {
-            flags |= Flags::THREADSAFE;
-        }
-        Ok(Handle {
-            callback: CallbackSlot(GilSlot::new(Some(Callback {
-                callback: self.callback.unbind(),
-                args,
-            }))),
-            context: self.context,
-            debug,
-            flags: Flags::new(flags),
-        })
-    }
-
-    /// A `Handle`, or a `TimerHandle` when `when` is set.
-    ///
-    /// With `queued_only`, the handle is taken out of the garbage collector's tracking while the
-    /// loop's queue holds it (see `Handle::leave_queue`).
-    pub fn create(self, py: Python<'py>, queued_only: bool) -> PyResult<Bound<'py, Handle>> {
-        let timer = self.when.map(|when| TimerHandle {
-            when,
-            shared: Arc::clone(self.shared),
-        });
-        let threadsafe = self.threadsafe;
-        let handle = self.into_handle(py)?;
-        let handle = if let Some(timer) = timer {
-            Bound::new(py, PyClassInitializer::from(handle).add_subclass(timer))?.into_super()
-        } else if threadsafe {
-            let init = PyClassInitializer::from(handle).add_subclass(ThreadSafeHandle::default());
-            Bound::new(py, init)?.into_super()
-        } else {
-            Bound::new(py, handle)?
-        };
-        let ptr = handle.as_ptr();
-        // SAFETY: `ptr` is a live object of a GC type (PyO3 gives every pyclass
-        // Py_TPFLAGS_HAVE_GC), just created: untracked if it came from a free list or a bare
-        // allocation (`freelist.rs`), tracked if from PyType_GenericAlloc. UnTrack accepts an
-        // untracked object and Track is called only on an untracked one, as each requires; the
-        // type's dealloc untracks either way.
-        unsafe {
-            if queued_only {
-                if !freelist::born_untracked() {
-                    ffi::PyObject_GC_UnTrack(ptr.cast());
-                }
-            } else {
-                if ffi::PyObject_GC_IsTracked(ptr) == 0 {
-                    ffi::PyObject_GC_Track(ptr.cast());
-                }
-                handle.get().flags.set(Flags::TRACKED);
-            }
-        }
-        Ok(handle)
-    }
+    pub(super) shared: Arc<LoopShared>,
 }
 
 impl Handle {
@@ -290,7 +152,7 @@ impl Handle {
         unsafe {
             self.callback.0.with(py, |slot| {
                 if let Some(cb) = slot {
-                    super::run::prefetch(cb.callback.as_ptr().cast());
+                    prefetch(cb.callback.as_ptr().cast());
                 }
             })
         }
@@ -307,95 +169,6 @@ impl Handle {
         self.flags.clear(Flags::SCHEDULED);
     }
 
-    /// Runs the callback in its context. `Ok` also when the callback raised and the error went
-    /// to the exception handler; `Err` for `KeyboardInterrupt`, `SystemExit`, or an error raised
-    /// by the exception handler itself.
-    #[inline(always)]
-    pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        // A thread-safe handle runs under its lock, which `cancel()` from another thread waits
-        // for; it may have been cancelled since the loop took it from the queue.
-        let _held = if this.flags.has(Flags::THREADSAFE) {
-            let held = ThreadSafeHandle::hold_for_run(slf);
-            if this.is_cancelled() {
-                return Ok(());
-            }
-            held
-        } else {
-            None
-        };
-        let Some((callback, args)) = this.callback.get(py, &this.flags) else {
-            return Ok(());
-        };
-        let (context, fresh) = this.context.for_run(py, &this.flags)?;
-        let ctx = context.as_ptr();
-        // SAFETY: the GIL is held; `ctx` is a live Context (checked by PyContext_Enter, which sets
-        // an exception and returns -1 otherwise); `callback` is a live object and `args` holds
-        // live references; PyContext_Exit is called exactly once after a successful enter, as
-        // contextvars.Context.run does.
-        let native = this.native_step();
-        let result = unsafe {
-            if ffi::PyContext_Enter(ctx) < 0 {
-                std::ptr::null_mut()
-            } else {
-                let res = match native {
-                    Some(writer) => crate::transports::run_step(&callback, writer),
-                    None => args.call(callback.as_ptr()),
-                };
-                if ffi::PyContext_Exit(ctx) < 0 {
-                    ffi::Py_XDECREF(res);
-                    std::ptr::null_mut()
-                } else {
-                    res
-                }
-            }
-        };
-        let outcome = if result.is_null() {
-            Err(PyErr::fetch(py))
-        } else {
-            // SAFETY: a new reference returned by the call, released once here.
-            unsafe { ffi::Py_DECREF(result) };
-            Ok(())
-        };
-        // Still referenced elsewhere, the handle keeps what its callback set in its Context; so
-        // does one whose callback failed, which the exception handler receives (and, from 3.12,
-        // runs in its Context). A transport's read or write step runs again and again: it keeps
-        // the copy in any case, so later runs enter it directly instead of copying the snapshot
-        // each time.
-        if fresh && (outcome.is_err() || refcount::held_beyond(py, slf.as_ptr(), 1)) {
-            if native.is_some() {
-                this.context.keep(py, context, &this.flags);
-            } else {
-                this.context.keep_if_written(py, context, &this.flags);
-            }
-        }
-        let Err(err) = outcome else {
-            return Ok(());
-        };
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
-            return Err(err);
-        }
-        let context = PyDict::new(py);
-        let callback = this.shown_callback(&callback)?;
-        let debug = event_loop
-            .cast::<LoopCore>()
-            .is_ok_and(|l| l.get().debug_enabled());
-        let source = hooks::call(
-            py,
-            "format_callback_source",
-            (&callback, args.to_tuple(py)?, debug),
-        )?;
-        context.set_item("message", format!("Exception in callback {source}"))?;
-        context.set_item("exception", err.value(py))?;
-        context.set_item("handle", slf)?;
-        if let Some(debug) = &this.debug {
-            context.set_item("source_traceback", &debug.source_traceback)?;
-        }
-        event_loop.call_method1("call_exception_handler", (context,))?;
-        Ok(())
-    }
-
     /// Marks a reader (or writer) handle whose callback is a Rust transport, run natively.
     pub fn mark_transport_step(&self, writer: bool) {
         self.flags.set(if writer {
@@ -406,7 +179,7 @@ impl Handle {
     }
 
     /// `Some(writer)` for a transport's own read or write step (see `Flags::NATIVE_READ`).
-    fn native_step(&self) -> Option<bool> {
+    pub(super) fn native_step(&self) -> Option<bool> {
         if self.flags.has(Flags::NATIVE_READ) {
             Some(false)
         } else if self.flags.has(Flags::NATIVE_WRITE) {
@@ -417,7 +190,10 @@ impl Handle {
     }
 
     /// The callback as Python code sees it: for a transport's step, its bound method.
-    fn shown_callback<'py>(&self, callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    pub(super) fn shown_callback<'py>(
+        &self,
+        callback: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match self.native_step() {
             Some(false) => callback.getattr("_read_ready"),
             Some(true) => callback.getattr("_write_ready"),

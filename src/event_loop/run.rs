@@ -23,16 +23,19 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::PyTuple;
 
+use super::args::CallArgs;
 use super::handle::Handle;
-use super::{
-    closed_error, current_thread_id, hooks, os_error, LoopCore, LoopState, Which, SIGNAL_TOKEN,
-};
+use super::hooks;
+use super::io::Which;
+use super::state::{LoopCore, LoopState, SIGNAL_TOKEN};
 use crate::core::clock;
 use crate::core::poller::{Event, Poller, Spun};
+use crate::core::prefetch::prefetch;
+use crate::core::sys::current_thread_id;
+use crate::errors::{closed_loop_error, os_error};
 
 const MIN_SCHEDULED_TIMERS: usize = 100;
 const MIN_CANCELLED_FRACTION: f64 = 0.5;
@@ -45,7 +48,7 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         // Checked again here, in one step with the GIL held: another thread may have closed the
         // loop since `run_forever` checked, and without a poller this loop would spin forever.
         if st.poller.is_none() {
-            return Err(closed_error());
+            return Err(closed_loop_error());
         }
         st.thread_id = Some(current_thread_id());
     }
@@ -308,10 +311,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if !numbers.is_empty() {
             // `add_signal_handler`'s callbacks join the ready queue now, as in the stock loop,
             // where the self-pipe is read among this iteration's events.
-            slf.call_method1(
-                intern!(py, "_process_signals"),
-                (PyBytes::new(py, &numbers),),
-            )?;
+            process_signals(this, py, &numbers)?;
         }
     }
 
@@ -385,18 +385,20 @@ fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle
     Some(handle.into_bound(py))
 }
 
-/// A hint to load the cache lines at `ptr` (an object and the GC header just before it).
-pub fn prefetch(ptr: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults and has no effect on memory, whatever
-    // the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch(ptr.wrapping_sub(16).cast(), _MM_HINT_T0);
-        _mm_prefetch(ptr.wrapping_add(48).cast(), _MM_HINT_T0);
+/// Queues the callbacks `add_signal_handler` set for the signal numbers read, with `call_soon`,
+/// as the stock loop does when it reads its self-pipe among an iteration's events.
+fn process_signals(this: &LoopCore, py: Python<'_>, numbers: &[u8]) -> PyResult<()> {
+    let table = this.signal_handlers.bind(py);
+    for &signum in numbers {
+        let Some(entry) = table.get_item(signum)? else {
+            continue;
+        };
+        let (callback, args, context): (Bound<'_, PyAny>, Bound<'_, PyTuple>, Bound<'_, PyAny>) =
+            entry.extract()?;
+        let args = CallArgs::from_tuple(args);
+        this.soon(py, "call_soon", true, callback, args, Some(context))?;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = ptr;
+    Ok(())
 }
 
 /// Runs one handle of this iteration (skipping a cancelled one), then lets the queue go of it.
@@ -408,7 +410,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult
     } else if this.shared.debug() {
         run_timed(slf, handle)
     } else {
-        Handle::run(handle, slf.as_any())
+        Handle::run(handle, slf)
     };
     Handle::leave_queue(handle);
     result
@@ -431,11 +433,18 @@ fn requeue_due_timers(py: Python<'_>, this: &LoopCore, now: f64, not_run: usize)
 fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
     let py = slf.py();
     // The default exception handler reports where the running handle was created.
-    slf.setattr("_current_handle", handle)?;
+    let before = slf
+        .get()
+        .state
+        .borrow_mut(py)
+        .current_handle
+        .replace(handle.clone().unbind());
+    drop(before);
     let start = clock::monotonic();
-    let result = Handle::run(handle, slf.as_any());
+    let result = Handle::run(handle, slf);
     let took = clock::monotonic() - start;
-    slf.setattr("_current_handle", py.None())?;
+    let after = slf.get().state.borrow_mut(py).current_handle.take();
+    drop(after);
     result?;
     if took >= slf.get().state.borrow(py).slow_callback_duration {
         hooks::call(py, "log_slow_callback", (handle, took))?;

@@ -12,9 +12,12 @@ use std::os::fd::RawFd;
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use super::args::CallArgs;
+use super::handle::Handle;
 use super::io::Slot;
-use super::{current_thread_id, CallArgs, Handle, LoopCore};
-use crate::owner::closed_fd_error;
+use super::state::LoopCore;
+use crate::core::sys::current_thread_id;
+use crate::errors::closed_fd_error;
 
 impl LoopCore {
     /// Cancels `slots` and fails the calls they served (see the module doc).
@@ -74,13 +77,12 @@ impl LoopCore {
             entry.map(|e| [e.reader, e.writer])
         };
         this.retire(py, stale.into_iter().flatten().flatten().collect())?;
-        let transport = slf
-            .getattr(intern!(py, "_transports"))?
-            .call_method1(intern!(py, "get"), (fd,))?;
-        if transport.is_none()
-            || transport
-                .call_method0(intern!(py, "is_closing"))?
-                .is_truthy()?
+        let Some(transport) = this.transport_of(py, fd)? else {
+            return Ok(());
+        };
+        if transport
+            .call_method0(intern!(py, "is_closing"))?
+            .is_truthy()?
         {
             return Ok(());
         }

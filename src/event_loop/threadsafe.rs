@@ -16,8 +16,8 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
 
-use super::current_thread_id;
 use super::handle::Handle;
+use crate::core::sys::current_thread_id;
 
 /// A lock one thread may take several times, waited for with the GIL released.
 #[derive(Default)]

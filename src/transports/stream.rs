@@ -53,8 +53,10 @@ use crate::core::buffer::WriteBuffer;
 use crate::core::sys;
 use crate::cpython;
 use crate::cpython::gil::GilCell;
-use crate::event_loop::{os_error, retry_eintr, CallArgs, LoopCore, Which};
-use crate::owner::{self, close_watch};
+use crate::errors::{os_error, retry_eintr};
+use crate::event_loop::close_watch;
+use crate::event_loop::{CallArgs, LoopCore, Which};
+use crate::owner;
 use crate::recv_bytes::{recv_lending, Received};
 
 use crate::cpython::method_cache::{self, ReadMethods};
@@ -739,9 +741,7 @@ impl StreamTransport {
         if let Some(server) = &server {
             server.call_method1(intern!(py, "_attach"), (&transport,))?;
         }
-        event_loop
-            .getattr(intern!(py, "_transports"))?
-            .set_item(fd, &transport)?;
+        event_loop.get().add_transport(py, fd, transport.as_any())?;
         set_nodelay(&sock)?;
         close_watch::watch(&event_loop, &sock)?;
         let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
@@ -1145,7 +1145,7 @@ impl StreamTransport {
         let lp = self
             .event_loop(py)
             .ok_or_else(|| PyRuntimeError::new_err("Transport is closed"))?;
-        let waiter = LoopCore::create_future(&lp)?;
+        let waiter = LoopCore::new_future(&lp)?;
         let empty = {
             let mut st = self.state.borrow_mut(py);
             st.empty_waiter = Some(waiter.clone().unbind());

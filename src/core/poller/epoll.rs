@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Event, Interest};
+use super::interest::{Event, Interest};
 use crate::core::sys::syscall;
 
 /// Cleared the first time the kernel answers `ENOSYS` to `epoll_pwait2`.

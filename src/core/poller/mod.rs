@@ -13,6 +13,7 @@
 
 mod epoll;
 mod eventfd;
+mod interest;
 mod spin;
 
 use std::io;
@@ -21,49 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use eventfd::Waker;
+pub use interest::{Event, Interest};
 pub use spin::MAX_LIMIT as MAX_SPIN_LIMIT;
 use spin::{Spin, DEFAULT_LIMIT as DEFAULT_SPIN_LIMIT};
-
-/// What a registration waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Interest {
-    pub readable: bool,
-    pub writable: bool,
-    /// Disarmed by the kernel after one event, until re-registered (EPOLLONESHOT).
-    pub oneshot: bool,
-}
-
-impl Interest {
-    pub const READABLE: Interest = Interest {
-        readable: true,
-        writable: false,
-        oneshot: false,
-    };
-    pub const WRITABLE: Interest = Interest {
-        readable: false,
-        writable: true,
-        oneshot: false,
-    };
-    pub const BOTH: Interest = Interest {
-        readable: true,
-        writable: true,
-        oneshot: false,
-    };
-
-    pub fn is_empty(self) -> bool {
-        !self.readable && !self.writable
-    }
-}
-
-/// One fd's readiness from one wait. An error or hang-up on the fd reports it as both readable
-/// and writable, as Python's `selectors` module does, so whichever callback is registered runs
-/// and sees the error itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub token: u64,
-    pub readable: bool,
-    pub writable: bool,
-}
 
 /// The longest single wait; the stock loop caps its select time-out at one day too.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);

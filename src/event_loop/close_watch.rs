@@ -29,10 +29,10 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyType, PyWeakrefReference};
 
-use super::fd_now;
+use super::state::LoopCore;
 use crate::cpython;
 use crate::cpython::gil::GilCell;
-use crate::event_loop::LoopCore;
+use crate::owner::fd_now;
 
 /// `socket.socket`, the Python class whose instances have `_io_refs`.
 static SOCKET_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();

@@ -42,8 +42,6 @@
 //! harmless (a handler then finds its own socket closed, or retries on the new owner's, which is
 //! not ready); it can only cost wake-ups.
 
-pub mod close_watch;
-
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::PyException;
@@ -51,7 +49,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::cpython;
-use crate::event_loop::os_error;
 
 /// The fd `obj` holds now, or `None` when it holds none (closed, detached, or `fileno()`
 /// failed). Errors are only the exits (`KeyboardInterrupt` from a signal handler, `SystemExit`)
@@ -76,9 +73,4 @@ pub fn fd_now(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
 #[inline]
 pub fn holds(obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
     Ok(fd_now(obj)? == Some(fd))
-}
-
-/// The error of a system call on a closed fd: `OSError(EBADF, 'Bad file descriptor')`.
-pub fn closed_fd_error() -> PyErr {
-    os_error(std::io::Error::from_raw_os_error(libc::EBADF))
 }
