@@ -16,7 +16,7 @@
 //!    the number's new owner. Python code that goes through the object's own methods
 //!    (`sock.recv`) gets this from the object itself.
 //! 2. **Tear down before the close.** A `socket.socket` that the loop watches gets a stand-in for
-//!    its `_io_refs` counter (`close_watch`), which `socket.close()` consults just before it closes
+//!    its `_io_refs` counter (`event_loop::close_watch`), which `socket.close()` consults just before it closes
 //!    the fd. The loop then takes the fd out of epoll while the number still names this socket,
 //!    and fails the `sock_*` calls pending on it with EBADF at once, where they would otherwise
 //!    wait forever for an event that cannot come (the stock loop's calls do). Then the fd closes,

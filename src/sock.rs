@@ -15,7 +15,7 @@
 //! A waiter holds its socket object, not only the fd number (`crate::owner`): before each retry it
 //! checks that the socket still holds the fd, and fails with EBADF if it was closed or detached
 //! meanwhile, so a number the kernel gave to a new connection is never read or written. The
-//! socket is watched (`owner::close_watch`), so closing it ends the wait at once with that error.
+//! socket is watched (`event_loop::close_watch`), so closing it ends the wait at once with that error.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;

@@ -1,7 +1,7 @@
 """Parity tests for the TCP/Unix stream transport made by `loop._make_socket_transport`.
 
 Every test runs on the stock loop (`selector_events._SelectorSocketTransport`) and on ferroloop
-(`src/transports/stream.rs`); the stock runs prove that each assertion is the stock behaviour.
+(`src/transports/stream/`); the stock runs prove that each assertion is the stock behaviour.
 The transports are made straight over `socket.socketpair()` pairs and over TCP connections on
 127.0.0.1 built with plain sockets, so nothing here depends on create_connection/create_server.
 

@@ -14,7 +14,7 @@
 //!
 //! `socket.socket` keeps `_io_refs` in a `__slots__` slot, at the offset its member descriptor
 //! gives (`PyMemberDescrObject`, CPython's C API). The loop looks at it each time a `sock_*` call
-//! starts waiting (`owner::close_watch`); a generic attribute lookup there cost some 300
+//! starts waiting (`event_loop::close_watch`); a generic attribute lookup there cost some 300
 //! instructions, this read a few. It is used for exact `socket.socket` instances once a probe has
 //! seen a value set through Python appear at that offset; otherwise `io_refs` answers `Err` and
 //! the caller uses `getattr`.

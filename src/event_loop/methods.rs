@@ -345,7 +345,7 @@ impl LoopCore {
 
 impl LoopCore {
     /// `add_io` from Python: a socket given as `owner` is watched, so that closing it drops the
-    /// registration first (`owner::close_watch`).
+    /// registration first (`event_loop::close_watch`).
     #[allow(clippy::too_many_arguments)]
     fn add_io_tied<'py>(
         slf: &Bound<'py, Self>,

@@ -48,7 +48,7 @@ impl LoopCore {
         Ok(())
     }
 
-    /// The socket `sock`, holding `fd`, is about to close it (`owner::close_watch`): everything
+    /// The socket `sock`, holding `fd`, is about to close it (`event_loop::close_watch`): everything
     /// registered for the number is that socket's file's, so it all goes, and the fd leaves
     /// epoll while the number still names that file. A transport over the socket that is not
     /// closing already (the program closed its socket under it) is closed with EBADF, as its
