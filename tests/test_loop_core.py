@@ -22,9 +22,19 @@ def core():
     loop._close()
 
 
+def run(loop):
+    """Run as the running loop, as `run_forever` does: since 3.14 a Task steps only on the
+    loop its thread declares running."""
+    asyncio.events._set_running_loop(loop)
+    try:
+        loop._run()
+    finally:
+        asyncio.events._set_running_loop(None)
+
+
 def run_briefly(loop):
     loop.call_soon(loop.stop)
-    loop._run()
+    run(loop)
 
 
 def test_runs_callbacks_and_timers_in_order(core):
@@ -35,7 +45,7 @@ def test_runs_callbacks_and_timers_in_order(core):
     run_briefly(core)
     assert seen == ["first", "second"]
     core.call_later(0.01, core.stop)
-    core._run()
+    run(core)
     assert seen == ["first", "second", "timer"]
 
 
@@ -55,7 +65,7 @@ def test_task_factory_is_its_own(core):
     task = core.create_task(answer())
     assert made == [core]
     task.add_done_callback(lambda _: core.stop())
-    core._run()
+    run(core)
     assert task.result() == 42
     core.set_task_factory(None)
     assert core.get_task_factory() is None
@@ -119,7 +129,7 @@ def test_signal_table_is_read_by_the_core(core):
         core._watch_signals(True)
         core.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
         core.call_later(0.2, core.stop)
-        core._run()
+        run(core)
     finally:
         signal.signal(signal.SIGUSR1, old_handler)
         signal.set_wakeup_fd(old_fd)

@@ -234,7 +234,6 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
         self._conn_lost = 0  # non-zero once connection_lost is scheduled; counts sends after that
         self._closing = False
         self._paused = False
-        self._read_polling = False
         self._write_polling = False
         self._sock = sock
         loop._transports[self._sock_fd] = self
@@ -279,18 +278,8 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _start_reading(self):
-        """Watches the socket for datagrams, unless closing or paused by then."""
-        if self.is_reading():
-            self._watch_reads()
-
-    def _watch_reads(self):
-        self._loop._add_reader(self._sock_fd, self._read_ready, owner=self._sock)
-        self._read_polling = True
-
-    def _unwatch_reads(self):
-        self._loop._remove_reader(self._sock_fd, owner=self._sock)
-        self._read_polling = False
+    def _read_source(self):
+        return self._sock_fd, self._sock
 
     def _read_ready(self):
         if self._conn_lost:

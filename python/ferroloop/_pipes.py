@@ -198,24 +198,13 @@ class ReadPipeTransport(ReadPausing, _PipeTransportBase, transports.ReadTranspor
         super().__init__(extra)
         self._adopt_pipe(loop, pipe, protocol, "Pipe transport is for pipes/sockets only.")
         self._paused = False
-        self._watching = False
         self._schedule_start(waiter, self._start_reading)
 
-    def _start_reading(self):
-        """First registration, once `connection_made` has run, unless paused or closed since."""
-        if self.is_reading():
-            self._watch_reads()
-
-    def _watch_reads(self):
-        self._loop._add_reader(self._fileno, self._read_ready, owner=self._pipe)
-        self._watching = True
-
-    def _unwatch_reads(self):
-        self._watching = False
-        self._loop._remove_reader(self._fileno, owner=self._pipe)
+    def _read_source(self):
+        return self._fileno, self._pipe
 
     def _is_polling(self):
-        return self._watching
+        return self._read_polling
 
     def _read_ready(self):
         try:

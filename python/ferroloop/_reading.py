@@ -1,16 +1,34 @@
 """Pausing and resuming reading for the transports written in Python (the datagram transport
 and a pipe's read end), as the stock transports do it.
 
-A transport using `ReadPausing` has `_loop`, `_closing` and `_paused`, and two methods:
-`_watch_reads()` registers its reader and `_unwatch_reads()` removes it. Pausing a transport
-that is closing or already paused does nothing, and so does resuming one that is closing or not
-paused; in debug mode each change is logged, as stock does.
+A transport using `ReadPausing` has `_loop`, `_closing`, `_paused` and `_read_ready()`, and
+says which fd its reads come from and which object owns it (`_read_source()`). Reading starts
+once `connection_made` has run (`_start_reading`, scheduled by the transport), unless the
+transport was paused or closed since; `_read_polling` says whether its reader is registered.
+Pausing a transport that is closing or already paused does nothing, and so does resuming one that
+is closing or not paused; in debug mode each change is logged, as stock does.
 """
 
 from asyncio.log import logger
 
 
 class ReadPausing:
+    _read_polling = False
+
+    def _start_reading(self):
+        if self.is_reading():
+            self._watch_reads()
+
+    def _watch_reads(self):
+        fd, owner = self._read_source()
+        self._loop._add_reader(fd, self._read_ready, owner=owner)
+        self._read_polling = True
+
+    def _unwatch_reads(self):
+        fd, owner = self._read_source()
+        self._read_polling = False
+        self._loop._remove_reader(fd, owner=owner)
+
     def is_reading(self):
         return not self._paused and not self._closing
 

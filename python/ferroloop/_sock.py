@@ -117,6 +117,15 @@ class SockMixin:
         else:
             fut.set_result(result)
 
+    async def _now_or_when_ready(self, sock, wait, method, *args):
+        """`sock.<method>(*args)` at once, or, if it would block, again each time `sock` becomes
+        ready (`wait`: `_wait_readable` or `_wait_writable`) until it does not."""
+        try:
+            return getattr(sock, method)(*args)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await wait(sock, self._sock_retry, sock, method, *args)
+
     # -- receiving -------------------------------------------------------------------------
 
     async def sock_recv(self, sock, n):
@@ -127,29 +136,17 @@ class SockMixin:
         if started is not NotImplemented:
             return await started
         self._check_sock(sock)
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_retry, sock, "recv", n)
+        return await self._now_or_when_ready(sock, self._wait_readable, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         """Receives into the writable buffer `buf`; returns the number of bytes written."""
         self._check_sock(sock)
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_retry, sock, "recv_into", buf)
+        return await self._now_or_when_ready(sock, self._wait_readable, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receives a datagram of up to `bufsize` bytes; returns (data, address)."""
         self._check_sock(sock)
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_retry, sock, "recvfrom", bufsize)
+        return await self._now_or_when_ready(sock, self._wait_readable, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receives a datagram into `buf` (at most `nbytes` bytes, all of `buf` when 0);
@@ -157,11 +154,7 @@ class SockMixin:
         self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_readable(sock, self._sock_retry, sock, "recvfrom_into", buf, nbytes)
+        return await self._now_or_when_ready(sock, self._wait_readable, "recvfrom_into", buf, nbytes)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -204,11 +197,7 @@ class SockMixin:
     async def sock_sendto(self, sock, data, address):
         """Sends the datagram `data` to `address`; returns the number of bytes sent."""
         self._check_sock(sock)
-        try:
-            return sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._wait_writable(sock, self._sock_retry, sock, "sendto", data, address)
+        return await self._now_or_when_ready(sock, self._wait_writable, "sendto", data, address)
 
     # -- connecting and accepting ----------------------------------------------------------
 
@@ -257,9 +246,6 @@ class SockMixin:
         """Accepts a connection on the listening `sock`; returns (conn, address), `conn`
         non-blocking."""
         self._check_sock(sock)
-        try:
-            conn, address = sock.accept()
-        except (BlockingIOError, InterruptedError):
-            conn, address = await self._wait_readable(sock, self._sock_retry, sock, "accept")
+        conn, address = await self._now_or_when_ready(sock, self._wait_readable, "accept")
         conn.setblocking(False)
         return conn, address

@@ -310,16 +310,7 @@ impl StreamTransport {
             server.call_method1(py, intern!(py, "_detach"), (slf,))?;
         }
         result?;
-        let waiter = this
-            .state
-            .borrow(py)
-            .empty_waiter
-            .as_ref()
-            .map(|w| w.clone_ref(py));
-        if let Some(waiter) = waiter {
-            let err = PyConnectionError::new_err("Connection is closed by peer");
-            waiter.call_method1(py, intern!(py, "set_exception"), (err.value(py),))?;
-        }
-        Ok(())
+        let err = PyConnectionError::new_err("Connection is closed by peer");
+        this.fail_empty_waiter(py, err.value(py).clone().into_any())
     }
 }

@@ -246,16 +246,7 @@ impl StreamTransport {
                 let err = Self::io_exc(e);
                 let exc = err.value(py).clone().into_any();
                 Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
-                let waiter = this
-                    .state
-                    .borrow(py)
-                    .empty_waiter
-                    .as_ref()
-                    .map(|w| w.clone_ref(py));
-                if let Some(waiter) = waiter {
-                    waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?;
-                }
-                Ok(())
+                this.fail_empty_waiter(py, exc)
             }
             Ok(n) => {
                 this.state.borrow_mut(py).buffer.consume(n);
@@ -308,6 +299,20 @@ impl StreamTransport {
     }
 
     /// For `loop.sendfile`: a future done once the write buffer is empty.
+    /// Fails the future `loop.sendfile` waits on for the buffer to empty, if there is one.
+    pub(super) fn fail_empty_waiter(&self, py: Python<'_>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let waiter = self
+            .state
+            .borrow(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        if let Some(waiter) = waiter {
+            waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn make_empty_waiter<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.state.borrow(py).empty_waiter.is_some() {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
