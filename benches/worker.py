@@ -7,6 +7,7 @@ Invoked by the runner as `python benches/run.py --worker CASE LOOP [--quick]`, o
 import gc
 import importlib
 import json
+import os
 import platform
 import sys
 
@@ -21,11 +22,21 @@ LOOPS = {
     "rloop": ("rloop", lambda mod: mod.new_event_loop(), "rloop"),
     "zuvloop": ("zuvloop", lambda mod: mod.new_event_loop(), "zuvloop"),
     "ferroloop": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
+    # A second ferroloop build, installed apart (`pip install --target DIR`) and found through
+    # FERROLOOP_OTHER_SITE: the build without counters, or the build before a change.
+    "ferroloop-other": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
 }
+
+OTHER_SITE = "FERROLOOP_OTHER_SITE"
 
 
 def make_loop(name):
     module_name, factory, _ = LOOPS[name]
+    if name == "ferroloop-other":
+        site = os.environ.get(OTHER_SITE)
+        if not site:
+            raise ModuleNotFoundError(f"No module named '{module_name}'")
+        sys.path.insert(0, site)
     return factory(importlib.import_module(module_name))
 
 

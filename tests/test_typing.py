@@ -26,6 +26,14 @@ PROGRAM = textwrap.dedent(
         handle.cancel()
         timer: asyncio.TimerHandle = loop.call_later(1.0, print)
         print(timer.when())
+        stats: ferroloop.LoopStats = loop.stats(reset=True)
+        print(stats.utilization + stats.lag.percentile(99.0) + stats.callbacks)
+
+        def on_slow(info: ferroloop.SlowCallback) -> None:
+            print(info.wall_time, info.task_name)
+
+        loop.set_slow_callback_handler(on_slow)
+        loop.slow_callback_duration = 0.5
         loop.close()
         ferroloop.Loop().close()
         if sys.version_info >= (3, 12):

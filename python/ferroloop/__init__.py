@@ -16,11 +16,22 @@ import sys as _sys
 
 from ferroloop._core import Handle, TimerHandle, __version__
 from ferroloop._loop import Loop
+from ferroloop._stats import LagHistogram, LoopStats, SlowCallback
 
 # Policies stay importable without a warning while asyncio has them without one.
 _POLICIES_DEPRECATED = _sys.version_info >= (3, 14)
 
-__all__ = ("Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install") + (
+__all__ = (
+    "Loop",
+    "Handle",
+    "TimerHandle",
+    "LoopStats",
+    "LagHistogram",
+    "SlowCallback",
+    "new_event_loop",
+    "run",
+    "install",
+) + (
     () if _POLICIES_DEPRECATED else ("EventLoopPolicy",)
 )
 

@@ -12,12 +12,26 @@ from typing_extensions import deprecated
 
 from ferroloop._core import Handle as Handle
 from ferroloop._core import TimerHandle as TimerHandle
+from ferroloop._stats import LagHistogram as LagHistogram
+from ferroloop._stats import LoopStats as LoopStats
+from ferroloop._stats import SlowCallback as SlowCallback
 
 __version__: str
 
 _T = TypeVar("_T")
 
-__all__ = ("Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "EventLoopPolicy")
+__all__ = (
+    "Loop",
+    "Handle",
+    "TimerHandle",
+    "LoopStats",
+    "LagHistogram",
+    "SlowCallback",
+    "new_event_loop",
+    "run",
+    "install",
+    "EventLoopPolicy",
+)
 
 _Abstract = asyncio.AbstractEventLoop
 
@@ -80,6 +94,12 @@ class Loop(asyncio.AbstractEventLoop):
     call_exception_handler = _Abstract.call_exception_handler
     get_debug = _Abstract.get_debug
     set_debug = _Abstract.set_debug
+    slow_callback_duration: float
+    def stats(self, reset: bool = False) -> LoopStats:
+        """The loop's counters since it was made (or last reset)."""
+    def set_slow_callback_handler(self, handler: Callable[[SlowCallback], object] | None) -> None:
+        """Calls `handler(info)` after each callback that took `slow_callback_duration` or longer."""
+    def get_slow_callback_handler(self) -> Callable[[SlowCallback], object] | None: ...
 
 def new_event_loop() -> Loop: ...
 def run(

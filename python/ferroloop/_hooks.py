@@ -65,6 +65,20 @@ def log_slow_callback(handle, seconds):
     logger.warning("Executing %s took %.3f seconds", what, seconds)
 
 
+def report_slow_callback(loop, handler, handle, wall_time, cpu_time):
+    """Calls a slow-callback handler; what it raises goes to the loop's exception handler."""
+    from ferroloop._stats import slow_callback_info
+
+    try:
+        handler(slow_callback_info(handle, wall_time, cpu_time))
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        loop.call_exception_handler(
+            {"message": "Exception in slow callback handler", "exception": exc, "handle": handle}
+        )
+
+
 def default_exception_handler(loop, context):
     """The stock default exception handler's log line, for `loop`: `LoopCore`'s
     `call_exception_handler`, and `Loop.default_exception_handler`."""

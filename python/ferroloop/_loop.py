@@ -36,6 +36,7 @@ from ferroloop._net import NetMixin
 from ferroloop._resolver import ResolverMixin
 from ferroloop._signals import SignalMixin
 from ferroloop._sock import SockMixin
+from ferroloop._stats import LoopStats
 
 __all__ = ("Loop",)
 
@@ -295,6 +296,13 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
             # Last, as in the stock loop: outside the main thread this raises ValueError, and the
             # loop is closed by then all the same.
             self._remove_all_signal_handlers()
+
+    # -- what the loop is doing --------------------------------------------------------------
+
+    def stats(self, reset=False):
+        """The loop's counters since it was made (or last reset), as a `ferroloop.LoopStats`;
+        with `reset=True`, they start again from zero after this snapshot."""
+        return LoopStats._from_core(self._stats(bool(reset)))
 
     # -- debug -----------------------------------------------------------------------------
 

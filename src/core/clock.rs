@@ -1,6 +1,6 @@
 //! Monotonic time in seconds as `f64`, read from the same clock as Python's `time.monotonic()`
 //! (`CLOCK_MONOTONIC` on Linux), so a deadline computed in Python with `loop.time() + delay`
-//! means the same instant to the engine.
+//! means the same instant to the engine; and the calling thread's CPU time.
 
 /// Seconds since an arbitrary fixed point, never going backwards.
 pub fn monotonic() -> f64 {
@@ -11,6 +11,17 @@ pub fn monotonic() -> f64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, so the
     // call cannot fail and the result is ignored.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Seconds of CPU time the calling thread has used (a system call, unlike `monotonic`).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
@@ -26,6 +37,18 @@ mod tests {
             assert!(now >= last);
             last = now;
         }
+    }
+
+    #[test]
+    fn thread_cpu_time_grows_with_work_not_with_sleep() {
+        let start = thread_cpu_seconds();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let slept = thread_cpu_seconds() - start;
+        let spin_until = monotonic() + 0.03;
+        while monotonic() < spin_until {}
+        let worked = thread_cpu_seconds() - start - slept;
+        assert!(slept < 0.02, "{slept}");
+        assert!(worked > 0.0, "{worked}");
     }
 
     #[test]

@@ -11,5 +11,7 @@ pub mod clock;
 pub mod poller;
 pub mod prefetch;
 pub mod ready;
+pub mod stats;
 pub mod sys;
+pub mod ticks;
 pub mod timers;

@@ -90,11 +90,14 @@ impl<T> TimerQueue<T> {
         Some(first.item)
     }
 
-    /// Removes and returns the earliest item if its deadline is not after `now`. A NaN deadline
-    /// counts as due.
-    pub fn pop_due(&mut self, now: f64) -> Option<T> {
+    /// Removes and returns the earliest item, with its deadline, if that is not after `now`. A
+    /// NaN deadline counts as due.
+    pub fn pop_due(&mut self, now: f64) -> Option<(f64, T)> {
         match self.heap.first() {
-            Some(e) if e.deadline <= now => self.pop(),
+            Some(e) if e.deadline <= now => {
+                let deadline = e.deadline;
+                self.pop().map(|item| (deadline, item))
+            }
             _ => None,
         }
     }
@@ -162,7 +165,7 @@ mod tests {
     use super::*;
 
     fn drain_due(q: &mut TimerQueue<u32>, now: f64) -> Vec<u32> {
-        std::iter::from_fn(|| q.pop_due(now)).collect()
+        std::iter::from_fn(|| q.pop_due(now).map(|(_, item)| item)).collect()
     }
 
     #[test]
@@ -191,7 +194,7 @@ mod tests {
         let mut q = TimerQueue::new();
         q.push(1.000_000_1, 1);
         assert_eq!(q.pop_due(1.0), None);
-        assert_eq!(q.pop_due(1.000_000_1), Some(1));
+        assert_eq!(q.pop_due(1.000_000_1), Some((1.000_000_1, 1)));
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl LoopCore {
     #[setter]
     fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
         self.state.borrow_mut(py).slow_callback_duration = value;
+        self.meter.set_slow_callback_duration(py, value);
     }
 
     /// Runs iterations until `stop()`; the Python `run_forever` wraps it.
@@ -280,6 +281,27 @@ impl LoopCore {
         )
     }
 
+    /// The counters (`meter.rs`): `Loop.stats()` shapes them.
+    #[pyo3(signature = (reset=false))]
+    fn _stats<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<(Bound<'py, PyTuple>, usize)> {
+        let ready = self.state.borrow(py).ready.len();
+        Ok((self.meter.snapshot(py, reset)?, ready))
+    }
+
+    /// Calls `handler(info)` after each callback that took `slow_callback_duration` or longer;
+    /// `None` removes it.
+    fn set_slow_callback_handler(
+        &self,
+        py: Python<'_>,
+        handler: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.meter.set_slow_handler(py, handler)
+    }
+
+    fn get_slow_callback_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.meter.slow_handler(py)
+    }
+
     /// Reports what the queues hold, so that a loop dropped with callbacks pending is collected
     /// with whatever cycles run through them. Not while the loop runs: a running loop is alive
     /// (its thread's running-loop slot and the frames running it hold it), so everything it holds
@@ -288,6 +310,7 @@ impl LoopCore {
     fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.transports)?;
         visit.call(&self.signal_handlers)?;
+        self.meter.visit(&visit)?;
         if let Some(st) = self.state.try_borrow_in_gc() {
             if st.thread_id.is_some() {
                 return Ok(());
@@ -339,6 +362,7 @@ impl LoopCore {
                 )
             };
             drop(garbage);
+            self.meter.clear(py);
         });
     }
 }

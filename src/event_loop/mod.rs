@@ -11,6 +11,7 @@
 //! - `state`: `LoopCore` and its `LoopState`; `handle_run`: running one handle;
 //! - `scheduling`, `io_registration`, `stale`, `tasks`, `transports_table`: what the loop does,
 //!   as methods of `LoopCore`; `run`: one iteration and `run_forever`;
+//! - `meter`: the always-on counters of `loop.stats()` and the slow-callback handler;
 //! - `close_watch`: hearing of `socket.close()` before the fd closes (`crate::owner`);
 //! - `fastcall` and `methods`: what Python sees.
 
@@ -25,6 +26,7 @@ mod handle_run;
 mod hooks;
 mod io;
 mod io_registration;
+mod meter;
 mod methods;
 mod new_handle;
 mod run;

@@ -51,6 +51,9 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             return Err(closed_loop_error());
         }
         st.thread_id = Some(current_thread_id());
+        // What was queued while the loop was not running waits from now.
+        let now = this.meter.resume(py);
+        st.ready.stamp(now);
     }
     let result = loop {
         if let Err(err) = run_once(slf) {
@@ -67,7 +70,7 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 }
 
 /// Removes cancelled timers (step 1); returns them, to be dropped once the borrow ends.
-fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
+fn prune_timers(py: Python<'_>, st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
     let mut garbage = Vec::new();
     let total = st.timers.len();
     let cancelled = this.shared.cancelled_timers();
@@ -77,6 +80,7 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
             h.get().unschedule();
         }
         this.shared.reset_cancelled();
+        this.meter.timers_cancelled(py, garbage.len());
         return garbage;
     }
     while let Some((_, head)) = st.timers.peek() {
@@ -84,7 +88,7 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
             break;
         }
         if let Some(h) = st.timers.pop() {
-            timer_leaves(this, h.get());
+            timer_leaves(py, this, h.get());
             garbage.push(h);
         }
     }
@@ -94,11 +98,12 @@ fn prune_timers(st: &mut LoopState, this: &LoopCore) -> Vec<Py<Handle>> {
 /// A timer leaving the heap (or the list of new timers): no longer scheduled, and, if it was
 /// cancelled, no longer counted among the cancelled timers waiting there. Returns whether it
 /// was cancelled.
-fn timer_leaves(this: &LoopCore, timer: &Handle) -> bool {
+fn timer_leaves(py: Python<'_>, this: &LoopCore, timer: &Handle) -> bool {
     timer.unschedule();
     let cancelled = timer.is_cancelled();
     if cancelled {
         this.shared.forget_cancelled(1);
+        this.meter.timers_cancelled(py, 1);
     }
     cancelled
 }
@@ -126,7 +131,7 @@ fn merge_new_timers(py: Python<'_>, this: &LoopCore) {
         // Held by this list alone (the one reference `ours`), or also from outside.
         Handle::track_if_held(handle.bind(py), 1);
         if handle.get().is_cancelled() {
-            timer_leaves(this, handle.get());
+            timer_leaves(py, this, handle.get());
             cancelled.push(handle);
         } else {
             live.push((when, handle));
@@ -219,12 +224,20 @@ fn drain_signal_socket(st: &mut LoopState) {
     }
 }
 
+/// What step 3's first half found.
+struct Dispatched {
+    signalled: bool,
+    stale: Vec<(i32, bool, Py<Handle>)>,
+    io_events: u64,
+}
+
 /// Step 3's first half: queues the handles of ready fds. Returns whether the signal socket was
-/// among the events and the cancelled handles to remove.
-fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool, Py<Handle>)>) {
+/// among the events, the cancelled handles to remove and how many fd events there were.
+fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> Dispatched {
     let events = std::mem::take(&mut st.events);
     let mut signalled = false;
     let mut stale = Vec::new();
+    let mut io_events = 0;
     for ev in &events {
         if ev.token == SIGNAL_TOKEN {
             signalled = true;
@@ -234,6 +247,7 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool,
         let fd = ev.token as i32;
         st.io.note_event(fd);
         let Some(entry) = st.io.get(fd) else { continue };
+        io_events += 1;
         for (ready, slot, is_writer) in [
             (ev.readable, &entry.reader, false),
             (ev.writable, &entry.writer, true),
@@ -249,7 +263,11 @@ fn dispatch_events(py: Python<'_>, st: &mut LoopState) -> (bool, Vec<(i32, bool,
         }
     }
     st.events = events;
-    (signalled, stale)
+    Dispatched {
+        signalled,
+        stale,
+        io_events,
+    }
 }
 
 pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
@@ -259,7 +277,10 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let poll = {
         merge_new_timers(py, this);
         let mut st = this.state.borrow_mut(py);
-        let garbage = prune_timers(&mut st, this);
+        let garbage = prune_timers(py, &mut st, this);
+        // What the last iteration's final callbacks queued waits from their end.
+        let last = this.meter.last(py);
+        st.ready.stamp(last);
         let fields = &mut *st;
         let mut closed = Vec::new();
         if let Some(poller) = &fields.poller {
@@ -295,16 +316,22 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     };
 
     if let Some((timeout, poller, mut events)) = poll {
+        let before = this.meter.now();
         let interrupted = wait(py, &poller, &mut events, timeout)?;
-        let (signalled, stale) = {
+        let after = this.meter.now();
+        let found = {
             let mut st = this.state.borrow_mut(py);
             st.events = events;
-            dispatch_events(py, &mut st)
+            let found = dispatch_events(py, &mut st);
+            // Queued during the wait or by its events: waiting from its end.
+            st.ready.stamp(after);
+            found
         };
-        for (fd, is_writer, handle) in stale {
+        this.meter.polled(py, before, after, found.io_events);
+        for (fd, is_writer, handle) in found.stale {
             this.remove_io(py, fd, is_writer, Which::Handle(&handle))?;
         }
-        if interrupted || signalled {
+        if interrupted || found.signalled {
             py.check_signals()?;
         }
         let numbers = std::mem::take(&mut this.state.borrow_mut(py).signal_numbers);
@@ -321,16 +348,25 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let now = (!st.timers.is_empty()).then(clock::monotonic);
         (st.ready.begin_iteration(), now)
     };
+    // Each callback starts where the last one (or the wait) ended.
+    let mut last = this.meter.last(py);
+    let read_at = last;
 
     for done in 0..ntodo {
-        let Some(handle) = next_ready(py, this) else {
+        let Some((handle, since)) = next_ready(py, this, last) else {
             break;
         };
-        if let Err(err) = run_handle(slf, &handle) {
-            if let Some(now) = now {
-                requeue_due_timers(py, this, now, ntodo - done - 1);
+        if !handle.get().is_cancelled() {
+            this.meter.ready_waited(py, since, last);
+        }
+        match run_handle(slf, &handle, last) {
+            Ok(end) => last = end,
+            Err(err) => {
+                if let Some(now) = now {
+                    requeue_due_timers(py, this, now, ntodo - done - 1);
+                }
+                return Err(err);
             }
-            return Err(err);
         }
     }
 
@@ -342,34 +378,45 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         return Ok(());
     };
     loop {
-        let (handle, retired) = {
+        let (when, handle, retired) = {
             let mut st = this.state.borrow_mut(py);
-            let Some(handle) = st.timers.pop_due(now) else {
+            let Some((when, handle)) = st.timers.pop_due(now) else {
                 break;
             };
             let retired = st.snapshots.retire(handle.get().context_ptr(py));
-            (handle, retired)
+            (when, handle, retired)
         };
         drop(retired);
         let handle = handle.into_bound(py);
-        if timer_leaves(this, handle.get()) {
+        if timer_leaves(py, this, handle.get()) {
             Handle::leave_queue(&handle);
             continue;
         }
-        if let Err(err) = run_handle(slf, &handle) {
-            requeue_due_timers(py, this, now, 0);
-            return Err(err);
+        this.meter
+            .timer_fired(py, now - when, last.saturating_sub(read_at));
+        match run_handle(slf, &handle, last) {
+            Ok(end) => last = end,
+            Err(err) => {
+                requeue_due_timers(py, this, now, 0);
+                return Err(err);
+            }
         }
     }
     Ok(())
 }
 
-/// The next ready handle, no longer offered its Context snapshot to new handles (it is about to
-/// be entered; see `context.rs`).
-fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle>> {
-    let (handle, retired) = {
+/// The next ready handle and the tick it has waited since, no longer offered its Context
+/// snapshot to new handles (it is about to be entered; see `context.rs`). What the last callback
+/// queued waits from `now`, its end.
+fn next_ready<'py>(
+    py: Python<'py>,
+    this: &LoopCore,
+    now: u64,
+) -> Option<(Bound<'py, Handle>, u64)> {
+    let (handle, since, retired) = {
         let mut st = this.state.borrow_mut(py);
-        let handle = st.ready.pop()?;
+        st.ready.stamp(now);
+        let (handle, since) = st.ready.pop()?;
         let retired = st.snapshots.retire(handle.get().context_ptr(py));
         // While this callback runs, bring the next handles into the cache: a long queue's
         // handles were made long ago and are cold by their turn.
@@ -379,10 +426,10 @@ fn next_ready<'py>(py: Python<'py>, this: &LoopCore) -> Option<Bound<'py, Handle
         if let Some(after) = st.ready.get(1) {
             prefetch(after.as_ptr().cast());
         }
-        (handle, retired)
+        (handle, since, retired)
     };
     drop(retired);
-    Some(handle.into_bound(py))
+    Some((handle.into_bound(py), since))
 }
 
 /// Queues the callbacks `add_signal_handler` set for the signal numbers read, with `call_soon`,
@@ -401,16 +448,22 @@ fn process_signals(this: &LoopCore, py: Python<'_>, numbers: &[u8]) -> PyResult<
     Ok(())
 }
 
-/// Runs one handle of this iteration (skipping a cancelled one), then lets the queue go of it.
+/// Runs one handle of this iteration (skipping a cancelled one), started at tick `start`, then
+/// lets the queue go of it. Returns the tick it ended at.
 #[inline(always)]
-fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64) -> PyResult<u64> {
     let this = slf.get();
     let result = if handle.get().is_cancelled() {
-        Ok(())
+        Ok(start)
     } else if this.shared.debug() {
-        run_timed(slf, handle)
+        run_timed(slf, handle, start)
     } else {
-        Handle::run(handle, slf)
+        let cpu = this.meter.cpu_before(slf.py());
+        let result = Handle::run(handle, slf);
+        let end = this.meter.now();
+        result
+            .and_then(|()| this.meter.callback_ran(handle, slf, start, end, cpu))
+            .map(|_| end)
     };
     Handle::leave_queue(handle);
     result
@@ -422,15 +475,17 @@ fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult
 fn requeue_due_timers(py: Python<'_>, this: &LoopCore, now: f64, not_run: usize) {
     let mut st = this.state.borrow_mut(py);
     let mut due = Vec::new();
-    while let Some(handle) = st.timers.pop_due(now) {
-        timer_leaves(this, handle.get());
+    while let Some((_, handle)) = st.timers.pop_due(now) {
+        timer_leaves(py, this, handle.get());
         due.push(handle);
     }
-    st.ready.insert_at(not_run, due);
+    let last = this.meter.last(py);
+    st.ready.insert_at(not_run, due, last);
 }
 
-/// Debug mode: runs the handle as the loop's `_current_handle` and logs it if it took `slow_callback_duration` or longer.
-fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+/// Debug mode: runs the handle as the loop's `_current_handle` and logs it, as the stock loop
+/// does, if it took `slow_callback_duration` or longer.
+fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64) -> PyResult<u64> {
     let py = slf.py();
     // The default exception handler reports where the running handle was created.
     let before = slf
@@ -440,14 +495,18 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<
         .current_handle
         .replace(handle.clone().unbind());
     drop(before);
-    let start = clock::monotonic();
+    let meter = &slf.get().meter;
+    let cpu = meter.cpu_before(py);
+    let wall_start = clock::monotonic();
     let result = Handle::run(handle, slf);
-    let took = clock::monotonic() - start;
+    let took = clock::monotonic() - wall_start;
+    let end = meter.now();
     let after = slf.get().state.borrow_mut(py).current_handle.take();
     drop(after);
     result?;
+    meter.callback_ran(handle, slf, start, end, cpu)?;
     if took >= slf.get().state.borrow(py).slow_callback_duration {
         hooks::call(py, "log_slow_callback", (handle, took))?;
     }
-    Ok(())
+    Ok(end)
 }

@@ -130,6 +130,7 @@ impl LoopCore {
         self.check_closed(py)?;
         self.debug_checks(py, &callback, "call_at", true)?;
         let handle = self.new_handle(py, callback, args, context, Some(when), true, false)?;
+        self.meter.timer_scheduled(py);
         self.state
             .borrow_mut(py)
             .new_timers

@@ -22,6 +22,7 @@ use pyo3::types::PyDict;
 use super::context::Snapshots;
 use super::handle::Handle;
 use super::io::IoRegistry;
+use super::meter::Meter;
 use super::shared::LoopShared;
 use crate::core::poller::{Event, Interest, Poller};
 use crate::core::ready::ReadyQueue;
@@ -116,6 +117,8 @@ pub struct LoopCore {
     /// `_signal_handlers`: signal number -> `(callback, args, context)`, kept by the Python
     /// signal methods and read here when a signal's number arrives (`run.rs`).
     pub(super) signal_handlers: Py<PyDict>,
+    /// The counters and the slow-callback handler (`meter.rs`).
+    pub(super) meter: Meter,
 }
 
 impl LoopCore {
@@ -201,6 +204,7 @@ impl LoopCore {
             transports: transports.unbind(),
             transports_data: transports_data.unbind(),
             signal_handlers: PyDict::new(py).unbind(),
+            meter: Meter::new(0.1),
         })
     }
 }

@@ -1,0 +1,334 @@
+//! The loop's own meter: the counters `loop.stats()` reports (`core::stats`), the slow-callback
+//! handler, and the longest callback's repr.
+//!
+//! Always on, so it must cost little: one tick (`core::ticks`) is read per callback, and the end
+//! of one callback is the start of the next (what the loop does between two callbacks counts as
+//! the later one's time). A callback that takes `slow_callback_duration` or longer, or longer
+//! than any before it, takes a cold path that may call Python (the handler, `repr`); the hot
+//! path never does. The thread CPU clock is a system call, so it is read around each callback
+//! only while a slow-callback handler is set.
+//!
+//! Built without the `counters` feature (for measuring what they cost), every entry here does
+//! nothing and `stats()` raises `NotImplementedError`.
+
+use pyo3::exceptions::{PyNotImplementedError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::handle::Handle;
+use super::hooks;
+use super::state::LoopCore;
+use crate::core::clock::thread_cpu_seconds;
+use crate::core::stats::{bucket_upper_ns, Counters, LAG_BUCKETS};
+use crate::core::ticks;
+use crate::cpython::gil::{GilCell, GilSlot};
+
+/// What the hot path touches.
+#[derive(Default)]
+struct Hot {
+    counters: Counters,
+    /// The last tick read: the end of the last callback or poll.
+    last: u64,
+    /// `slow_callback_duration` in ticks.
+    slow_ticks: u64,
+    /// The tick from which the counters count (made, or last reset).
+    since: u64,
+    /// Whether to read the thread CPU clock around each callback (a handler is set).
+    cpu: bool,
+}
+
+/// What only the cold paths touch.
+#[derive(Default)]
+struct Cold {
+    longest_repr: Option<Py<PyAny>>,
+    slow_handler: Option<Py<PyAny>>,
+}
+
+pub struct Meter {
+    hot: GilSlot<Hot>,
+    cold: GilCell<Cold>,
+}
+
+impl Meter {
+    pub fn new(slow_callback_duration: f64) -> Meter {
+        ticks::calibrate();
+        let now = ticks::now();
+        Meter {
+            hot: GilSlot::new(Hot {
+                last: now,
+                since: now,
+                slow_ticks: ticks::from_seconds(slow_callback_duration),
+                ..Hot::default()
+            }),
+            cold: GilCell::default(),
+        }
+    }
+
+    /// Runs `f` on the hot state.
+    #[inline(always)]
+    fn hot<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Hot) -> R) -> R {
+        // SAFETY: every closure given here only does arithmetic on the counters.
+        unsafe { self.hot.with(py, f) }
+    }
+
+    /// The current tick, or 0 when built without counters.
+    #[inline(always)]
+    pub fn now(&self) -> u64 {
+        if cfg!(feature = "counters") {
+            ticks::now()
+        } else {
+            0
+        }
+    }
+
+    /// The end of the last callback or poll: where the next callback's time starts.
+    #[inline(always)]
+    pub fn last(&self, py: Python<'_>) -> u64 {
+        self.hot(py, |h| h.last)
+    }
+
+    /// The loop starts running: what happened while it was not is nobody's time.
+    pub fn resume(&self, py: Python<'_>) -> u64 {
+        let now = self.now();
+        self.hot(py, |h| h.last = now);
+        now
+    }
+
+    pub fn set_slow_callback_duration(&self, py: Python<'_>, seconds: f64) {
+        self.hot(py, |h| h.slow_ticks = ticks::from_seconds(seconds));
+    }
+
+    /// A wait in the poller from `before` to `after` that reported `events` fd events.
+    #[inline(always)]
+    pub fn polled(&self, py: Python<'_>, before: u64, after: u64, events: u64) {
+        if cfg!(feature = "counters") {
+            self.hot(py, |h| {
+                h.counters.polled(after.saturating_sub(before), events);
+                h.last = after;
+            });
+        }
+    }
+
+    #[inline(always)]
+    pub fn timer_scheduled(&self, py: Python<'_>) {
+        if cfg!(feature = "counters") {
+            self.hot(py, |h| h.counters.timers_scheduled += 1);
+        }
+    }
+
+    #[inline(always)]
+    pub fn timers_cancelled(&self, py: Python<'_>, n: usize) {
+        if cfg!(feature = "counters") {
+            self.hot(py, |h| h.counters.timers_cancelled += n as u64);
+        }
+    }
+
+    /// A ready callback that waited since `since` starts at `start`.
+    #[inline(always)]
+    pub fn ready_waited(&self, py: Python<'_>, since: u64, start: u64) {
+        if cfg!(feature = "counters") {
+            let ns = ticks::to_ns(start.saturating_sub(since));
+            self.hot(py, |h| h.counters.ready_wait.record_ns(ns));
+        }
+    }
+
+    /// A timer due at `when` (loop time) starts now, `late` seconds after it: `now - when` at
+    /// the iteration's clock reading, plus the ticks since.
+    #[inline(always)]
+    pub fn timer_fired(&self, py: Python<'_>, late: f64, since_reading: u64) {
+        if cfg!(feature = "counters") {
+            let ns = (late.max(0.0) * 1e9) as u64 + ticks::to_ns(since_reading);
+            self.hot(py, |h| {
+                h.counters.timers_fired += 1;
+                h.counters.timer_lag.record_ns(ns);
+            });
+        }
+    }
+
+    /// The thread's CPU time before a callback, if a slow-callback handler wants it.
+    #[inline(always)]
+    pub fn cpu_before(&self, py: Python<'_>) -> Option<f64> {
+        if self.hot(py, |h| h.cpu) {
+            Some(thread_cpu_seconds())
+        } else {
+            None
+        }
+    }
+
+    /// A callback that ran from `start` to `end`. Returns how long it took, in seconds, if that
+    /// was `slow_callback_duration` or more.
+    #[inline(always)]
+    pub fn callback_ran(
+        &self,
+        handle: &Bound<'_, Handle>,
+        event_loop: &Bound<'_, LoopCore>,
+        start: u64,
+        end: u64,
+        cpu_before: Option<f64>,
+    ) -> PyResult<Option<f64>> {
+        if !cfg!(feature = "counters") {
+            return Ok(None);
+        }
+        let py = handle.py();
+        let took = end.saturating_sub(start);
+        let (longest, slow) = self.hot(py, |h| {
+            h.last = end;
+            let longest = h.counters.callback_ran(took);
+            let slow = took >= h.slow_ticks;
+            if slow {
+                h.counters.slow_callbacks += 1;
+            }
+            (longest, slow)
+        });
+        if longest {
+            self.note_longest(handle);
+        }
+        if !slow {
+            return Ok(None);
+        }
+        let seconds = ticks::to_seconds(took);
+        self.report_slow(handle, event_loop, seconds, cpu_before)?;
+        Ok(Some(seconds))
+    }
+
+    #[cold]
+    fn note_longest(&self, handle: &Bound<'_, Handle>) {
+        let py = handle.py();
+        let shown = match handle.repr() {
+            Ok(text) => text.into_any().unbind(),
+            Err(_) => pyo3::types::PyString::new(py, "<Handle: repr failed>")
+                .into_any()
+                .unbind(),
+        };
+        let old = self.cold.borrow_mut(py).longest_repr.replace(shown);
+        drop(old);
+    }
+
+    #[cold]
+    fn report_slow(
+        &self,
+        handle: &Bound<'_, Handle>,
+        event_loop: &Bound<'_, LoopCore>,
+        seconds: f64,
+        cpu_before: Option<f64>,
+    ) -> PyResult<()> {
+        let py = handle.py();
+        let Some(handler) = self
+            .cold
+            .borrow(py)
+            .slow_handler
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+        else {
+            return Ok(());
+        };
+        let cpu = cpu_before.map(|before| thread_cpu_seconds() - before);
+        hooks::call(
+            py,
+            "report_slow_callback",
+            (event_loop, handler, handle, seconds, cpu),
+        )?;
+        Ok(())
+    }
+
+    pub fn set_slow_handler(
+        &self,
+        py: Python<'_>,
+        handler: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let handler = handler.filter(|h| !h.is_none());
+        if let Some(h) = &handler {
+            if !h.is_callable() {
+                return Err(PyTypeError::new_err(format!(
+                    "A callable object or None is expected, got {}",
+                    h.repr()?
+                )));
+            }
+        }
+        let cpu = handler.is_some();
+        let old = std::mem::replace(
+            &mut self.cold.borrow_mut(py).slow_handler,
+            handler.map(Bound::unbind),
+        );
+        self.hot(py, |h| h.cpu = cpu);
+        drop(old);
+        Ok(())
+    }
+
+    pub fn slow_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.cold
+            .borrow(py)
+            .slow_handler
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+    }
+
+    /// The counters as a tuple (`_core.pyi`, `LoopCore._stats`), reset after if `reset`.
+    pub fn snapshot<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<Bound<'py, PyTuple>> {
+        if !cfg!(feature = "counters") {
+            return Err(PyNotImplementedError::new_err(
+                "ferroloop was built without its counters",
+            ));
+        }
+        let now = ticks::now();
+        let (c, since) = self.hot(py, |h| {
+            let taken = (h.counters.clone(), h.since);
+            if reset {
+                h.counters = Counters::default();
+                h.since = now;
+            }
+            taken
+        });
+        let longest_repr = if reset {
+            self.cold.borrow_mut(py).longest_repr.take()
+        } else {
+            self.cold
+                .borrow(py)
+                .longest_repr
+                .as_ref()
+                .map(|r| r.clone_ref(py))
+        };
+        let bounds: Vec<Option<f64>> = (0..LAG_BUCKETS)
+            .map(|i| bucket_upper_ns(i).map(|ns| ns as f64 * 1e-9))
+            .collect();
+        let counts = (
+            c.callbacks,
+            c.io_events,
+            c.polls,
+            c.timers_scheduled,
+            c.timers_fired,
+            c.timers_cancelled,
+            c.slow_callbacks,
+        );
+        let times = (
+            ticks::to_seconds(c.busy_ticks),
+            ticks::to_seconds(c.idle_ticks),
+            ticks::to_seconds(now.saturating_sub(since)),
+            ticks::to_seconds(c.longest_ticks),
+        );
+        (
+            counts,
+            times,
+            longest_repr,
+            bounds,
+            c.timer_lag.counts.to_vec(),
+            c.ready_wait.counts.to_vec(),
+        )
+            .into_pyobject(py)
+    }
+
+    /// For `__traverse__`.
+    pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(cold) = self.cold.try_borrow_in_gc() {
+            visit.call(&cold.slow_handler)?;
+        }
+        Ok(())
+    }
+
+    /// For `__clear__`: the handler may hold the loop.
+    pub fn clear(&self, py: Python<'_>) {
+        let old = self.cold.borrow_mut(py).slow_handler.take();
+        self.hot(py, |h| h.cpu = false);
+        drop(old);
+    }
+}
