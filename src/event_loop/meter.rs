@@ -17,7 +17,6 @@ use pyo3::types::PyTuple;
 
 use super::handle::Handle;
 use super::hooks;
-use super::state::LoopCore;
 use crate::core::clock::thread_cpu_seconds;
 use crate::core::stats::{bucket_upper_ns, Counters, LAG_BUCKETS};
 use crate::core::ticks;
@@ -161,7 +160,7 @@ impl Meter {
     pub fn callback_ran(
         &self,
         handle: &Bound<'_, Handle>,
-        event_loop: &Bound<'_, LoopCore>,
+        event_loop: &Bound<'_, PyAny>,
         start: u64,
         end: u64,
         cpu_before: Option<f64>,
@@ -208,7 +207,7 @@ impl Meter {
     fn report_slow(
         &self,
         handle: &Bound<'_, Handle>,
-        event_loop: &Bound<'_, LoopCore>,
+        event_loop: &Bound<'_, PyAny>,
         seconds: f64,
         cpu_before: Option<f64>,
     ) -> PyResult<()> {

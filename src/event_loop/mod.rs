@@ -8,10 +8,10 @@
 //! - `handle`, `threadsafe`: the handle classes; `freelist` and `new_handle`: how handles are made;
 //! - `io`: the registry of readers and writers; `transport_step`: the one interface through which
 //!   the loop runs a transport's read or write step;
+//! - `meter`: the always-on counters of `loop.stats()` and the slow-callback handler;
 //! - `state`: `LoopCore` and its `LoopState`; `handle_run`: running one handle;
 //! - `scheduling`, `io_registration`, `stale`, `tasks`, `transports_table`: what the loop does,
 //!   as methods of `LoopCore`; `run`: one iteration and `run_forever`;
-//! - `meter`: the always-on counters of `loop.stats()` and the slow-callback handler;
 //! - `close_watch`: hearing of `socket.close()` before the fd closes (`crate::owner`);
 //! - `fastcall` and `methods`: what Python sees.
 

@@ -462,7 +462,10 @@ fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64)
         let result = Handle::run(handle, slf);
         let end = this.meter.now();
         result
-            .and_then(|()| this.meter.callback_ran(handle, slf, start, end, cpu))
+            .and_then(|()| {
+                this.meter
+                    .callback_ran(handle, slf.as_any(), start, end, cpu)
+            })
             .map(|_| end)
     };
     Handle::leave_queue(handle);
@@ -504,7 +507,7 @@ fn run_timed(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64) 
     let after = slf.get().state.borrow_mut(py).current_handle.take();
     drop(after);
     result?;
-    meter.callback_ran(handle, slf, start, end, cpu)?;
+    meter.callback_ran(handle, slf.as_any(), start, end, cpu)?;
     if took >= slf.get().state.borrow(py).slow_callback_duration {
         hooks::call(py, "log_slow_callback", (handle, took))?;
     }
