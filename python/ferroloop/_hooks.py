@@ -7,10 +7,11 @@ They live in Python so that their text is the stock loop's, built by the same
 import inspect
 import sys
 import traceback
-from asyncio import coroutines, format_helpers, tasks
+from asyncio import coroutines, format_helpers
 from asyncio.log import logger
 
 from ferroloop._core import TimerHandle
+from ferroloop._stats import slow_callback_info, task_of
 
 # The check the stock loop makes: `asyncio.iscoroutinefunction` warns from 3.14 on, and the loop
 # itself uses the private twin that does not.
@@ -60,15 +61,13 @@ def handle_repr(handle):
 
 
 def log_slow_callback(handle, seconds):
-    owner = getattr(handle._callback, "__self__", None)
-    what = repr(owner) if isinstance(owner, tasks.Task) else str(handle)
+    task = task_of(handle)
+    what = repr(task) if task is not None else str(handle)
     logger.warning("Executing %s took %.3f seconds", what, seconds)
 
 
 def report_slow_callback(loop, handler, handle, wall_time, cpu_time):
     """Calls a slow-callback handler; what it raises goes to the loop's exception handler."""
-    from ferroloop._stats import slow_callback_info
-
     try:
         handler(slow_callback_info(handle, wall_time, cpu_time))
     except (SystemExit, KeyboardInterrupt):

@@ -13,6 +13,7 @@ own time, not the queue's.
 
 import dataclasses
 import traceback
+from asyncio import tasks
 from typing import Any, Optional, Tuple
 
 __all__ = ("LoopStats", "LagHistogram", "SlowCallback")
@@ -128,15 +129,14 @@ class SlowCallback:
     done)."""
 
 
-def _task_of(handle):
-    from asyncio import tasks
-
+def task_of(handle):
+    """The task whose step or wake-up `handle` runs, or None."""
     owner = getattr(handle._callback, "__self__", None)
     return owner if isinstance(owner, tasks.Task) else None
 
 
 def slow_callback_info(handle, wall_time, cpu_time):
-    task = _task_of(handle)
+    task = task_of(handle)
     stack = None
     if task is not None and not task.done():
         frames = task.get_stack()

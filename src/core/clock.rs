@@ -2,27 +2,36 @@
 //! (`CLOCK_MONOTONIC` on Linux), so a deadline computed in Python with `loop.time() + delay`
 //! means the same instant to the engine; and the calling thread's CPU time.
 
-/// Seconds since an arbitrary fixed point, never going backwards.
-pub fn monotonic() -> f64 {
+/// Reads `clock`, one of the two below, which always exist on Linux.
+fn read(clock: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, so the
-    // call cannot fail and the result is ignored.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec; the callers pass clocks that exist on Linux,
+    // so the call cannot fail and the result is ignored.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts
+}
+
+fn seconds(ts: libc::timespec) -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Seconds since an arbitrary fixed point, never going backwards.
+pub fn monotonic() -> f64 {
+    seconds(read(libc::CLOCK_MONOTONIC))
+}
+
+/// `monotonic` in whole nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let ts = read(libc::CLOCK_MONOTONIC);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Seconds of CPU time the calling thread has used (a system call, unlike `monotonic`).
 pub fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    seconds(read(libc::CLOCK_THREAD_CPUTIME_ID))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 
 use std::sync::OnceLock;
 
+use super::clock::monotonic_ns;
+
 struct Source {
     tsc: bool,
     ns_per_tick: f64,
@@ -32,16 +34,6 @@ impl Source {
 static SOURCE: OnceLock<Source> = OnceLock::new();
 
 const CALIBRATION_NS: u64 = 200_000;
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[cfg(target_arch = "x86_64")]
 fn tsc() -> u64 {

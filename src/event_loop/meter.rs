@@ -154,8 +154,8 @@ impl Meter {
         }
     }
 
-    /// A callback that ran from `start` to `end`. Returns how long it took, in seconds, if that
-    /// was `slow_callback_duration` or more.
+    /// A callback that ran from `start` to `end`; one that took `slow_callback_duration` or more
+    /// goes to the slow-callback handler.
     #[inline(always)]
     pub fn callback_ran(
         &self,
@@ -164,9 +164,9 @@ impl Meter {
         start: u64,
         end: u64,
         cpu_before: Option<f64>,
-    ) -> PyResult<Option<f64>> {
+    ) -> PyResult<()> {
         if !cfg!(feature = "counters") {
-            return Ok(None);
+            return Ok(());
         }
         let py = handle.py();
         let took = end.saturating_sub(start);
@@ -183,11 +183,9 @@ impl Meter {
             self.note_longest(handle);
         }
         if !slow {
-            return Ok(None);
+            return Ok(());
         }
-        let seconds = ticks::to_seconds(took);
-        self.report_slow(handle, event_loop, seconds, cpu_before)?;
-        Ok(Some(seconds))
+        self.report_slow(handle, event_loop, ticks::to_seconds(took), cpu_before)
     }
 
     #[cold]

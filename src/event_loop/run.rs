@@ -466,7 +466,7 @@ fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64)
                 this.meter
                     .callback_ran(handle, slf.as_any(), start, end, cpu)
             })
-            .map(|_| end)
+            .map(|()| end)
     };
     Handle::leave_queue(handle);
     result
