@@ -16,6 +16,7 @@ import sys as _sys
 
 from ferroloop._core import Handle, TimerHandle, __version__
 from ferroloop._loop import Loop
+from ferroloop._otel import instrument
 from ferroloop._stats import LagHistogram, LoopStats, SlowCallback
 
 # Policies stay importable without a warning while asyncio has them without one.
@@ -28,6 +29,7 @@ __all__ = (
     "LoopStats",
     "LagHistogram",
     "SlowCallback",
+    "instrument",
     "new_event_loop",
     "run",
     "install",

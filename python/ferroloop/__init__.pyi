@@ -6,8 +6,9 @@ declares, with asyncio's own signatures, which the names below take from the typ
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
+from opentelemetry.metrics import MeterProvider
 from typing_extensions import deprecated
 
 from ferroloop._core import Handle as Handle
@@ -27,6 +28,7 @@ __all__ = (
     "LoopStats",
     "LagHistogram",
     "SlowCallback",
+    "instrument",
     "new_event_loop",
     "run",
     "install",
@@ -102,6 +104,23 @@ class Loop(asyncio.AbstractEventLoop):
     def get_slow_callback_handler(self) -> Callable[[SlowCallback], object] | None: ...
 
 def new_event_loop() -> Loop: ...
+
+class _Instrumentation:
+    """What `instrument()` returns (`ferroloop._otel.Instrumentation`): `close()` or the end of a
+    `with` block stops publishing."""
+
+    id: int
+    """The loop's `python.asyncio.eventloop.id` attribute."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+
+def instrument(
+    loop: Loop | None = None, meter_provider: MeterProvider | None = None
+) -> _Instrumentation:
+    """Publishes the loop's `stats()` (the running loop's by default) as OpenTelemetry metrics,
+    `python.asyncio.eventloop.*`."""
+
 def run(
     main: Coroutine[Any, Any, _T],
     *,
