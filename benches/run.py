@@ -37,8 +37,9 @@ HERE = Path(__file__).resolve()
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Benchmark asyncio event loops side by side.")
-    parser.add_argument("--loops", default=",".join(LOOPS),
-                        help=f"comma-separated loops (default: {','.join(LOOPS)})")
+    default_loops = ",".join(name for name in LOOPS if name != "ferroloop-traced")
+    parser.add_argument("--loops", default=default_loops,
+                        help=f"comma-separated loops (default: {default_loops}; also ferroloop-traced)")
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated cases (default: all: {','.join(CASES)})")
     parser.add_argument("--rounds", type=int, default=5, help="samples per case and loop (default 5)")

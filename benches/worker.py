@@ -22,12 +22,24 @@ LOOPS = {
     "rloop": ("rloop", lambda mod: mod.new_event_loop(), "rloop"),
     "zuvloop": ("zuvloop", lambda mod: mod.new_event_loop(), "zuvloop"),
     "ferroloop": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
+    # ferroloop with a `ferroloop.trace()` recording it (its files are never written).
+    "ferroloop-traced": ("ferroloop", lambda mod: _traced_loop(mod), "ferroloop"),
     # A second ferroloop build, installed apart (`pip install --target DIR`) and found through
     # FERROLOOP_OTHER_SITE: the build without counters, or the build before a change.
     "ferroloop-other": ("ferroloop", lambda mod: mod.new_event_loop(), "ferroloop"),
 }
 
 OTHER_SITE = "FERROLOOP_OTHER_SITE"
+
+
+def _traced_loop(ferroloop):
+    import tempfile
+
+    session = ferroloop.trace(os.path.join(tempfile.mkdtemp(), "bench"), summary=False)
+    session.__enter__()
+    loop = ferroloop.new_event_loop()
+    session.attach(loop)
+    return loop
 
 
 def make_loop(name):

@@ -18,6 +18,8 @@ from ferroloop._core import Handle, TimerHandle, __version__
 from ferroloop._loop import Loop
 from ferroloop._otel import instrument
 from ferroloop._stats import LagHistogram, LoopStats, SlowCallback
+from ferroloop._trace import trace
+from ferroloop._watchdog import Stall, watchdog
 
 # Policies stay importable without a warning while asyncio has them without one.
 _POLICIES_DEPRECATED = _sys.version_info >= (3, 14)
@@ -29,6 +31,9 @@ __all__ = (
     "LoopStats",
     "LagHistogram",
     "SlowCallback",
+    "trace",
+    "watchdog",
+    "Stall",
     "instrument",
     "new_event_loop",
     "run",

@@ -4,9 +4,10 @@ declares, with asyncio's own signatures, which the names below take from the typ
 `asyncio` stubs for the Python being checked."""
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, Self, TypeVar
+from typing import IO, Any, Self, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from typing_extensions import deprecated
@@ -16,6 +17,9 @@ from ferroloop._core import TimerHandle as TimerHandle
 from ferroloop._stats import LagHistogram as LagHistogram
 from ferroloop._stats import LoopStats as LoopStats
 from ferroloop._stats import SlowCallback as SlowCallback
+from ferroloop._trace import TraceSession
+from ferroloop._watchdog import Stall as Stall
+from ferroloop._watchdog import watchdog as watchdog
 
 __version__: str
 
@@ -28,7 +32,10 @@ __all__ = (
     "LoopStats",
     "LagHistogram",
     "SlowCallback",
+    "Stall",
     "instrument",
+    "trace",
+    "watchdog",
     "new_event_loop",
     "run",
     "install",
@@ -120,6 +127,16 @@ def instrument(
 ) -> _Instrumentation:
     """Publishes the loop's `stats()` (the running loop's by default) as OpenTelemetry metrics,
     `python.asyncio.eventloop.*`."""
+
+def trace(
+    out: str | os.PathLike[str],
+    *,
+    capacity: int = ...,
+    summary: bool = True,
+    file: IO[str] | None = None,
+) -> TraceSession:
+    """Records what ferroloop loops do while the `with` block runs, then writes `OUT.json`
+    (Perfetto), `OUT.html` (each task's states over time) and a summary."""
 
 def run(
     main: Coroutine[Any, Any, _T],

@@ -5,6 +5,8 @@
     python -m ferroloop run -m MODULE [ARGS...]
     python -m ferroloop run -c CODE [ARGS...]
     python -m ferroloop run - [ARGS...]        the program read from stdin
+    python -m ferroloop run --watchdog SECONDS SCRIPT [ARGS...]
+    python -m ferroloop trace [-o OUT] SCRIPT [ARGS...]
     python -m ferroloop --version
 
 ferroloop becomes asyncio's loop (through the policy, without the 3.14+ deprecation warning
@@ -27,7 +29,8 @@ import ferroloop
 
 USAGE = """\
 usage: python -m ferroloop [--help] [--version]
-       python -m ferroloop run (SCRIPT | -m MODULE | -c CODE | -) [ARGS...]
+       python -m ferroloop run [--watchdog SECONDS] (SCRIPT | -m MODULE | -c CODE | -) [ARGS...]
+       python -m ferroloop trace [-o OUT] (SCRIPT | -m MODULE | -c CODE | -) [ARGS...]
 
 Runs an asyncio program on ferroloop, as `python` would run it; with no
 arguments, starts the asyncio REPL on ferroloop.
@@ -37,8 +40,14 @@ commands:
   run -m MODULE   a module, as `python -m MODULE`
   run -c CODE     a program passed as a string
   run -           a program read from standard input
+  trace ...       runs the program as `run` does, recording what the loop does:
+                  writes OUT.json (open it in ui.perfetto.dev), OUT.html (each
+                  task's states over time) and a summary (OUT: ferroloop-trace)
 
 options:
+  --watchdog SECONDS
+                  report, with its stack, a loop stuck in one callback that long
+  -o OUT          where `trace` writes its files
   -h, --help      show this message and exit
   --version       show ferroloop's version and exit
 """
@@ -141,6 +150,29 @@ def _repl():
     return 0
 
 
+def _option(rest, names, command):
+    """The value of option `names` at the head of `rest` (None if absent), and what follows."""
+    if rest and rest[0] in names:
+        if len(rest) < 2:
+            raise _Usage(f"python -m ferroloop {command}: argument expected for the {rest[0]} option")
+        return rest[1], rest[2:]
+    return None, rest
+
+
+class _Usage(Exception):
+    pass
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise _Usage(f"python -m ferroloop run: --watchdog needs a positive number of seconds, got {text!r}")
+    return value
+
+
 def _dispatch(argv):
     if not argv:
         ferroloop._install()
@@ -152,16 +184,39 @@ def _dispatch(argv):
     if first == "--version":
         print(f"ferroloop {ferroloop.__version__}")
         return 0
-    if first != "run":
+    if first not in ("run", "trace"):
         return _fail(f"python -m ferroloop: unknown command {first!r}")
+    try:
+        if first == "trace":
+            out, rest = _option(rest, ("-o", "--output"), first)
+            session = ferroloop.trace(out or "ferroloop-trace")
+        else:
+            seconds, rest = _option(rest, ("--watchdog",), first)
+            session = ferroloop.watchdog(_seconds(seconds)) if seconds is not None else None
+    except _Usage as exc:
+        return _fail(str(exc))
     if not rest:
-        return _fail("python -m ferroloop run: a SCRIPT, -m MODULE, -c CODE or - is required")
+        return _fail(f"python -m ferroloop {first}: a SCRIPT, -m MODULE, -c CODE or - is required")
     what, args = rest[0], rest[1:]
     if what in ("-h", "--help"):
         print(USAGE, end="")
         return 0
     if what in ("-m", "-c") and not args:
-        return _fail(f"python -m ferroloop run: argument expected for the {what} option")
+        return _fail(f"python -m ferroloop {first}: argument expected for the {what} option")
+    if session is None:
+        return _start(what, args)
+    try:
+        session.__enter__()
+    except OSError as exc:  # an output path that cannot be written: before the program runs
+        print(f"python -m ferroloop {first}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _start(what, args)
+    finally:
+        session.__exit__(None, None, None)
+
+
+def _start(what, args):
     ferroloop._install()
     if what == "-m":
         return _run_module(args[0], args[1:])

@@ -100,3 +100,10 @@ def default_exception_handler(loop, context):
             value = repr(value)
         lines.append(f"{key}: {value}")
     logger.error("\n".join(lines), exc_info=exc_info)
+
+
+def trace_attach(loop):
+    """A loop starts running while a `ferroloop.trace()` is on."""
+    from ferroloop import _trace
+
+    _trace.attach(loop)

@@ -30,7 +30,7 @@ import weakref
 from asyncio import constants, coroutines, events, futures, tasks, timeouts
 from asyncio.log import logger
 
-from ferroloop import _core, _hooks
+from ferroloop import _core, _hooks, _watchdog
 from ferroloop._fd import fileobj_to_fd
 from ferroloop._net import NetMixin
 from ferroloop._resolver import ResolverMixin
@@ -165,6 +165,7 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
         if spin is not None:
             self._set_spin_limit(spin)
         self._prebind_c_callees()
+        _watchdog.register(self)
 
     def _prebind_c_callees(self):
         """Keep bound methods of what CPython's C Future and Task call on the loop.

@@ -15,3 +15,5 @@ pub mod stats;
 pub mod sys;
 pub mod ticks;
 pub mod timers;
+pub mod trace_ring;
+pub mod watchdog;

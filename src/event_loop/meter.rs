@@ -8,32 +8,40 @@
 //! path never does. The thread CPU clock is a system call, so it is read around each callback
 //! only while a slow-callback handler is set.
 //!
+//! A tracer (`tracer.rs`), when attached, is handed each callback, poll and iteration start;
+//! without one, that costs one flag test per callback, next to the counters it updates.
+//!
 //! Built without the `counters` feature (for measuring what they cost), every entry here does
 //! nothing and `stats()` raises `NotImplementedError`.
 
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::handle::Handle;
 use super::hooks;
+use super::tracer::Tracer;
 use crate::core::clock::thread_cpu_seconds;
 use crate::core::stats::{bucket_upper_ns, Counters, LAG_BUCKETS};
+use crate::core::sys::current_thread_id;
 use crate::core::ticks;
+use crate::core::watchdog::{self, Beacon, IDLE};
 use crate::cpython::gil::{GilCell, GilSlot};
 
 /// What the hot path touches.
 #[derive(Default)]
 struct Hot {
     counters: Counters,
-    /// The last tick read: the end of the last callback or poll.
-    last: u64,
     /// `slow_callback_duration` in ticks.
     slow_ticks: u64,
     /// The tick from which the counters count (made, or last reset).
     since: u64,
     /// Whether to read the thread CPU clock around each callback (a handler is set).
     cpu: bool,
+    /// Whether a tracer is attached (`Cold::tracer`).
+    tracing: bool,
 }
 
 /// What only the cold paths touch.
@@ -41,11 +49,15 @@ struct Hot {
 struct Cold {
     longest_repr: Option<Py<PyAny>>,
     slow_handler: Option<Py<PyAny>>,
+    tracer: Option<Py<Tracer>>,
 }
 
 pub struct Meter {
     hot: GilSlot<Hot>,
     cold: GilCell<Cold>,
+    /// The end of the last callback or poll (`IDLE` while polling or not running), where the
+    /// watchdog's thread can read it (`core::watchdog`).
+    beacon: Arc<Beacon>,
 }
 
 impl Meter {
@@ -54,13 +66,18 @@ impl Meter {
         let now = ticks::now();
         Meter {
             hot: GilSlot::new(Hot {
-                last: now,
                 since: now,
                 slow_ticks: ticks::from_seconds(slow_callback_duration),
                 ..Hot::default()
             }),
             cold: GilCell::default(),
+            beacon: watchdog::new_beacon(),
         }
+    }
+
+    /// The id of this loop's beacon, by which the watchdog names it.
+    pub fn beacon_id(&self) -> u64 {
+        self.beacon.id
     }
 
     /// Runs `f` on the hot state.
@@ -82,15 +99,24 @@ impl Meter {
 
     /// The end of the last callback or poll: where the next callback's time starts.
     #[inline(always)]
-    pub fn last(&self, py: Python<'_>) -> u64 {
-        self.hot(py, |h| h.last)
+    pub fn last(&self, _py: Python<'_>) -> u64 {
+        self.beacon.busy_since()
     }
 
     /// The loop starts running: what happened while it was not is nobody's time.
-    pub fn resume(&self, py: Python<'_>) -> u64 {
+    pub fn resume(&self, _py: Python<'_>) -> u64 {
         let now = self.now();
-        self.hot(py, |h| h.last = now);
+        self.beacon
+            .thread
+            .store(current_thread_id(), Ordering::Relaxed);
+        self.beacon.set_busy_since(now);
         now
+    }
+
+    /// The loop stops running, or waits for I/O: not stalled, whatever the time.
+    #[inline(always)]
+    pub fn idle(&self) {
+        self.beacon.set_busy_since(IDLE);
     }
 
     pub fn set_slow_callback_duration(&self, py: Python<'_>, seconds: f64) {
@@ -101,11 +127,85 @@ impl Meter {
     #[inline(always)]
     pub fn polled(&self, py: Python<'_>, before: u64, after: u64, events: u64) {
         if cfg!(feature = "counters") {
-            self.hot(py, |h| {
+            self.beacon.set_busy_since(after);
+            let tracing = self.hot(py, |h| {
                 h.counters.polled(after.saturating_sub(before), events);
-                h.last = after;
+                h.tracing
             });
+            if tracing {
+                self.trace(py, |t| t.poll(py, before, after, events));
+            }
         }
+    }
+
+    /// An iteration begins at `at` with `ready` callbacks to run.
+    #[inline(always)]
+    pub fn iteration(&self, py: Python<'_>, at: u64, ready: usize) {
+        if cfg!(feature = "counters") && self.hot(py, |h| h.tracing) {
+            self.trace(py, |t| t.iteration(py, at, ready));
+        }
+    }
+
+    /// The callback a handle is about to run, if a tracer wants it: taken before the run, as
+    /// the run may cancel the handle and drop it.
+    #[inline(always)]
+    pub fn traced_callback<'py>(&self, handle: &Bound<'py, Handle>) -> Option<Bound<'py, PyAny>> {
+        if cfg!(feature = "counters") && self.hot(handle.py(), |h| h.tracing) {
+            handle
+                .get()
+                .callback
+                .get(handle.py(), &handle.get().flags)
+                .map(|(callback, _)| callback)
+        } else {
+            None
+        }
+    }
+
+    /// Records a traced callback's run. The program goes on if that fails (a name that cannot
+    /// be read, say): the error goes to `sys.unraisablehook`, as a failing `__del__`'s does.
+    #[cold]
+    pub fn trace_callback(&self, callback: &Bound<'_, PyAny>, start: u64, end: u64, timer: bool) {
+        let py = callback.py();
+        if let Some(Err(err)) = self.trace(py, |t| t.callback(callback, start, end, timer)) {
+            err.write_unraisable(py, Some(callback));
+        }
+    }
+
+    /// A transport moved `nbytes` (written if `wrote`, else read), if a tracer is attached.
+    #[inline(always)]
+    pub fn transferred(&self, py: Python<'_>, id: u32, wrote: bool, nbytes: usize) {
+        if cfg!(feature = "counters") && self.hot(py, |h| h.tracing) {
+            let now = ticks::now();
+            self.trace(py, |t| t.transfer(py, now, id, wrote, nbytes));
+        }
+    }
+
+    #[cold]
+    fn trace<R>(&self, py: Python<'_>, f: impl FnOnce(&Tracer) -> R) -> Option<R> {
+        let tracer = self.cold.borrow(py).tracer.as_ref()?.clone_ref(py);
+        Some(f(tracer.get()))
+    }
+
+    /// Attaches a tracer (None detaches).
+    pub fn set_tracer(&self, py: Python<'_>, tracer: Option<Py<Tracer>>) -> PyResult<()> {
+        if !cfg!(feature = "counters") {
+            return Err(PyNotImplementedError::new_err(
+                "ferroloop was built without its counters, which tracing needs",
+            ));
+        }
+        let on = tracer.is_some();
+        let old = std::mem::replace(&mut self.cold.borrow_mut(py).tracer, tracer);
+        self.hot(py, |h| h.tracing = on);
+        drop(old);
+        Ok(())
+    }
+
+    pub fn tracer(&self, py: Python<'_>) -> Option<Py<Tracer>> {
+        self.cold
+            .borrow(py)
+            .tracer
+            .as_ref()
+            .map(|t| t.clone_ref(py))
     }
 
     #[inline(always)]
@@ -144,6 +244,13 @@ impl Meter {
         }
     }
 
+    /// Whether a callback's run has more to record than the counters: the CPU time (a
+    /// slow-callback handler is set) or the callback itself (a tracer is attached).
+    #[inline(always)]
+    pub fn observed(&self, py: Python<'_>) -> bool {
+        self.hot(py, |h| h.cpu | h.tracing)
+    }
+
     /// The thread's CPU time before a callback, if a slow-callback handler wants it.
     #[inline(always)]
     pub fn cpu_before(&self, py: Python<'_>) -> Option<f64> {
@@ -170,8 +277,8 @@ impl Meter {
         }
         let py = handle.py();
         let took = end.saturating_sub(start);
+        self.beacon.set_busy_since(end);
         let (longest, slow) = self.hot(py, |h| {
-            h.last = end;
             let longest = h.counters.callback_ran(took);
             let slow = took >= h.slow_ticks;
             if slow {
@@ -318,14 +425,21 @@ impl Meter {
     pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         if let Some(cold) = self.cold.try_borrow_in_gc() {
             visit.call(&cold.slow_handler)?;
+            visit.call(&cold.tracer)?;
         }
         Ok(())
     }
 
     /// For `__clear__`: the handler may hold the loop.
     pub fn clear(&self, py: Python<'_>) {
-        let old = self.cold.borrow_mut(py).slow_handler.take();
-        self.hot(py, |h| h.cpu = false);
+        let old = {
+            let mut cold = self.cold.borrow_mut(py);
+            (cold.slow_handler.take(), cold.tracer.take())
+        };
+        self.hot(py, |h| {
+            h.cpu = false;
+            h.tracing = false;
+        });
         drop(old);
     }
 }

@@ -17,6 +17,7 @@ use super::hooks;
 use super::io::{Ties, Which};
 use super::run;
 use super::state::LoopCore;
+use super::tracer::Tracer;
 use crate::core::clock;
 use crate::core::poller::MAX_SPIN_LIMIT;
 
@@ -286,6 +287,23 @@ impl LoopCore {
     fn _stats<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<(Bound<'py, PyTuple>, usize)> {
         let ready = self.state.borrow(py).ready.len();
         Ok((self.meter.snapshot(py, reset)?, ready))
+    }
+
+    /// Attaches a tracer (`ferroloop._trace`), or detaches it with None.
+    fn _trace_attach(&self, py: Python<'_>, tracer: Option<Py<Tracer>>) -> PyResult<()> {
+        self.meter.set_tracer(py, tracer)
+    }
+
+    /// The id the stall watchdog knows this loop by.
+    #[getter]
+    fn _beacon_id(&self) -> u64 {
+        self.meter.beacon_id()
+    }
+
+    /// The attached tracer, if any.
+    #[getter]
+    fn _tracer(&self, py: Python<'_>) -> Option<Py<Tracer>> {
+        self.meter.tracer(py)
     }
 
     /// Calls `handler(info)` after each callback that took `slow_callback_duration` or longer;

@@ -8,10 +8,12 @@
 //! - `handle`, `threadsafe`: the handle classes; `freelist` and `new_handle`: how handles are made;
 //! - `io`: the registry of readers and writers; `transport_step`: the one interface through which
 //!   the loop runs a transport's read or write step;
-//! - `meter`: the always-on counters of `loop.stats()` and the slow-callback handler;
+//! - `tracer`: the recorder of `ferroloop.trace()`, a ring of events; `meter`: the always-on
+//!   counters of `loop.stats()`, the slow-callback handler, and the tracer's hook;
 //! - `state`: `LoopCore` and its `LoopState`; `handle_run`: running one handle;
 //! - `scheduling`, `io_registration`, `stale`, `tasks`, `transports_table`: what the loop does,
 //!   as methods of `LoopCore`; `run`: one iteration and `run_forever`;
+//! - `watchdog`: the Python entry points of the stall watchdog (`core::watchdog`);
 //! - `close_watch`: hearing of `socket.close()` before the fd closes (`crate::owner`);
 //! - `fastcall` and `methods`: what Python sees.
 
@@ -36,8 +38,10 @@ mod stale;
 mod state;
 mod tasks;
 mod threadsafe;
+mod tracer;
 pub(crate) mod transport_step;
 mod transports_table;
+mod watchdog;
 
 use pyo3::prelude::*;
 use pyo3::PyTypeInfo;
@@ -55,6 +59,13 @@ pub fn install(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Handle>()?;
     module.add_class::<TimerHandle>()?;
     module.add_class::<close_watch::IoRefs>()?;
+    module.add_class::<tracer::Tracer>()?;
+    module.add_function(wrap_pyfunction!(tracer::_trace_session, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_watchdog_start, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_watchdog_next, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_watchdog_still, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_watchdog_stop, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_watchdog_restartable, module)?)?;
     freelist::install(
         py,
         Handle::type_object_raw(py),

@@ -31,6 +31,7 @@ use super::handle::Handle;
 use super::hooks;
 use super::io::Which;
 use super::state::{LoopCore, LoopState, SIGNAL_TOKEN};
+use super::tracer;
 use crate::core::clock;
 use crate::core::poller::{Event, Poller, Spun};
 use crate::core::prefetch::prefetch;
@@ -55,6 +56,9 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let now = this.meter.resume(py);
         st.ready.stamp(now);
     }
+    if tracer::session_active() && this.meter.tracer(py).is_none() {
+        hooks::call(py, "trace_attach", (slf,))?;
+    }
     let result = loop {
         if let Err(err) = run_once(slf) {
             break Err(err);
@@ -63,6 +67,7 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             break Ok(());
         }
     };
+    this.meter.idle();
     let mut st = this.state.borrow_mut(py);
     st.stopping = false;
     st.thread_id = None;
@@ -317,6 +322,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 
     if let Some((timeout, poller, mut events)) = poll {
         let before = this.meter.now();
+        this.meter.idle();
         let interrupted = wait(py, &poller, &mut events, timeout)?;
         let after = this.meter.now();
         let found = {
@@ -351,6 +357,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     // Each callback starts where the last one (or the wait) ended.
     let mut last = this.meter.last(py);
     let read_at = last;
+    this.meter.iteration(py, last, ntodo);
 
     for done in 0..ntodo {
         let Some((handle, since)) = next_ready(py, this, last) else {
@@ -359,7 +366,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if !handle.get().is_cancelled() {
             this.meter.ready_waited(py, since, last);
         }
-        match run_handle(slf, &handle, last) {
+        match run_handle(slf, &handle, last, false) {
             Ok(end) => last = end,
             Err(err) => {
                 if let Some(now) = now {
@@ -394,7 +401,7 @@ pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         this.meter
             .timer_fired(py, now - when, last.saturating_sub(read_at));
-        match run_handle(slf, &handle, last) {
+        match run_handle(slf, &handle, last, true) {
             Ok(end) => last = end,
             Err(err) => {
                 requeue_due_timers(py, this, now, 0);
@@ -449,27 +456,59 @@ fn process_signals(this: &LoopCore, py: Python<'_>, numbers: &[u8]) -> PyResult<
 }
 
 /// Runs one handle of this iteration (skipping a cancelled one), started at tick `start`, then
-/// lets the queue go of it. Returns the tick it ended at.
+/// lets the queue go of it. Returns the tick it ended at. `timer`: it is a due timer.
 #[inline(always)]
-fn run_handle(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, start: u64) -> PyResult<u64> {
+fn run_handle(
+    slf: &Bound<'_, LoopCore>,
+    handle: &Bound<'_, Handle>,
+    start: u64,
+    timer: bool,
+) -> PyResult<u64> {
     let this = slf.get();
     let result = if handle.get().is_cancelled() {
         Ok(start)
-    } else if this.shared.debug() {
-        run_timed(slf, handle, start)
+    } else if this.shared.debug() || this.meter.observed(slf.py()) {
+        run_observed(slf, handle, start, timer)
     } else {
-        let cpu = this.meter.cpu_before(slf.py());
         let result = Handle::run(handle, slf);
         let end = this.meter.now();
         result
             .and_then(|()| {
                 this.meter
-                    .callback_ran(handle, slf.as_any(), start, end, cpu)
+                    .callback_ran(handle, slf.as_any(), start, end, None)
             })
             .map(|()| end)
     };
     Handle::leave_queue(handle);
     result
+}
+
+/// `run_handle` in debug mode, or with a slow-callback handler (which wants the CPU time) or a
+/// tracer (which wants the callback) on the meter.
+#[cold]
+fn run_observed(
+    slf: &Bound<'_, LoopCore>,
+    handle: &Bound<'_, Handle>,
+    start: u64,
+    timer: bool,
+) -> PyResult<u64> {
+    let this = slf.get();
+    let traced = this.meter.traced_callback(handle);
+    let end = if this.shared.debug() {
+        run_timed(slf, handle, start)?
+    } else {
+        let cpu = this.meter.cpu_before(slf.py());
+        let result = Handle::run(handle, slf);
+        let end = this.meter.now();
+        result?;
+        this.meter
+            .callback_ran(handle, slf.as_any(), start, end, cpu)?;
+        end
+    };
+    if let Some(callback) = traced {
+        this.meter.trace_callback(&callback, start, end, timer);
+    }
+    Ok(end)
 }
 
 /// When a callback's exception ends an iteration early, puts the timers that were due into the

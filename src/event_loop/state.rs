@@ -161,6 +161,12 @@ impl LoopCore {
         &self.read_spare
     }
 
+    /// A transport on `fd` moved `nbytes` (wrote them if `wrote`): for a trace, if one is on.
+    #[inline(always)]
+    pub(crate) fn transferred(&self, py: Python<'_>, fd: RawFd, wrote: bool, nbytes: usize) {
+        self.meter.transferred(py, fd as u32, wrote, nbytes);
+    }
+
     pub(crate) fn debug_enabled(&self) -> bool {
         self.shared.debug()
     }

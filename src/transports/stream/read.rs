@@ -195,6 +195,8 @@ impl StreamTransport {
             // `core::sys`).
             let delivered = match this.read_bytes(py, &event_loop)?.got() {
                 Ok(data) => {
+                    let n = data.bytes().as_bytes().len();
+                    event_loop.get().transferred(py, this.fd, false, n);
                     let result = method_cache::call_method1(
                         &this.methods.data_received,
                         &protocol,
@@ -240,6 +242,7 @@ impl StreamTransport {
         };
         let delivered = match this.read_into(py, &buf)?.got() {
             Ok(n) => {
+                event_loop.get().transferred(py, this.fd, false, n);
                 let Ok(n) = n.into_pyobject(py);
                 ReadOutcome::Got(method_cache::call_method1(
                     &this.methods.buffer_updated,

@@ -130,6 +130,14 @@ impl StreamTransport {
         }
     }
 
+    /// Tells the loop's tracer, if one is on, that `nbytes` were written (or read).
+    #[inline(always)]
+    pub(super) fn transferred(&self, py: Python<'_>, wrote: bool, nbytes: usize) {
+        if let Some(lp) = self.state.borrow(py).event_loop.as_ref() {
+            lp.get().transferred(py, self.fd, wrote, nbytes);
+        }
+    }
+
     /// The fd for the next system call: `fd` while the socket holds it, else -1, on which every
     /// call fails with EBADF (`crate::owner`, rule 1).
     #[inline(always)]

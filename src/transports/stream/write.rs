@@ -161,6 +161,7 @@ impl StreamTransport {
             let fd = this.live_fd(py);
             match retry_eintr(py, || sys::send(fd, data))? {
                 Ok(n) => {
+                    this.transferred(py, true, n);
                     rest = &data[n.min(data.len())..];
                     if rest.is_empty() {
                         return Ok(());
@@ -249,6 +250,7 @@ impl StreamTransport {
                 this.fail_empty_waiter(py, exc)
             }
             Ok(n) => {
+                this.transferred(py, true, n);
                 this.state.borrow_mut(py).buffer.consume(n);
                 Self::maybe_resume_protocol(slf)?;
                 let (empty, closing, eof, waiter) = {
