@@ -186,6 +186,25 @@ def test_tracing_keeps_no_task_alive_and_tells_reused_addresses_apart(tmp_path):
     assert len({t.name for t in shorts}) == 50
 
 
+def test_names_of_dead_tasks_go_once_the_ring_has_passed_them(tmp_path):
+    async def short():
+        await asyncio.sleep(0)
+
+    async def main():
+        for _ in range(3000):
+            await asyncio.create_task(short())
+
+    with ferroloop.trace(tmp_path / "out", capacity=200, summary=False) as session:
+        ferroloop.run(main())
+    recorder = session._recorder
+    assert recorder._next_id > 3000
+    # The live subjects, those the ring may still name, and one purge interval's worth.
+    assert len(recorder.names) < 200 + 2 * recorder.PURGE_EVERY
+    assert len(recorder._watched) < 50
+    # Every task the kept events name still has its name.
+    assert all(c.name != "?" for c in session.trace.callbacks)
+
+
 def test_a_loop_already_running_is_traced_from_the_with(tmp_path):
     async def main():
         await asyncio.sleep(0.01)

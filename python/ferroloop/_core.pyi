@@ -127,6 +127,8 @@ class Tracer:
     def drain(self) -> tuple[bytes, int]:
         """The events, packed `<BxxxIQQQ`, oldest first, and how many were dropped."""
     def now_ns(self) -> int: ...
+    def position(self) -> tuple[int, int]:
+        """(events ever pushed, position of the oldest event kept)."""
     @property
     def bound_bytes(self) -> int: ...
 

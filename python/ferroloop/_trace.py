@@ -17,6 +17,7 @@ here (`_wait_label`) once per coroutine code and waiter type. The wait lasts unt
 next step begins, so it includes the time its wake-up spent in the ready queue.
 """
 
+import collections
 import os
 import struct
 import sys
@@ -113,7 +114,15 @@ def _callable_name(obj):
 
 
 class Recorder:
-    """Names what the Rust tracer meets for the first time, and keeps the names."""
+    """Names what the Rust tracer meets for the first time, and keeps the names.
+
+    A subject that dies is forgotten by the tracer at once (a new object at its address is a
+    new subject), and its name is dropped here once the ring has overwritten every event that
+    could name it: those pushed before it died. So a server that makes a task per request keeps
+    names for its live tasks and for those still in the ring, not for every task it ever ran."""
+
+    PURGE_EVERY = 256
+    """New subjects between two purges of the names of dead ones."""
 
     def __init__(self):
         self.tracer = None
@@ -124,10 +133,14 @@ class Recorder:
         """id -> the name of every subject."""
         self.labels = {}
         """label id -> (state, label)."""
-        self._held = []
+        self._next_id = 1
+        self._watched = {}
+        self._dead = collections.deque()
+        self._since_purge = 0
 
     def subject(self, subject, kind, callback, address):
-        sid = len(self.names) + 1
+        sid = self._next_id
+        self._next_id += 1
         if kind == _SUBJECT_TASK:
             coro = subject.get_coro()
             info = model.TaskInfo(sid, subject.get_name(), _callable_name(coro) if coro is not None else "")
@@ -136,23 +149,39 @@ class Recorder:
         else:
             self.names[sid] = _callable_name(callback if kind == _SUBJECT_STATIC else subject)
         if kind != _SUBJECT_STATIC:
-            self._watch(subject, address)
+            self._watch(subject, sid, address)
+        self._since_purge += 1
+        if self._since_purge >= self.PURGE_EVERY:
+            self._purge()
         return sid
 
-    def _watch(self, subject, address):
-        """A new object at `address` must get a new id: forget it when this one goes. One that
+    def _watch(self, subject, sid, address):
+        """When `subject` dies, the tracer forgets `address` and its name may go. One that
         cannot be watched is kept until the trace ends, so its address stays its own."""
-        tracer = self.tracer
+        tracer, dead, watched = self.tracer, self._dead, self._watched
 
         def gone(_ref):
+            watched.pop(sid, None)
             t = tracer()
             if t is not None:
                 t.forget(address)
+                dead.append((t.position()[0], sid))
 
         try:
-            self._held.append(weakref.ref(subject, gone))
+            watched[sid] = weakref.ref(subject, gone)
         except TypeError:
-            self._held.append(subject)
+            watched[sid] = subject
+
+    def _purge(self):
+        self._since_purge = 0
+        tracer = self.tracer()
+        if tracer is None:
+            return
+        oldest = tracer.position()[1]
+        while self._dead and self._dead[0][0] <= oldest:
+            _, sid = self._dead.popleft()
+            self.names.pop(sid, None)
+            self.tasks.pop(sid, None)
 
     def label(self, code, waiter):
         lid = len(self.labels) + 1

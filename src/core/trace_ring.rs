@@ -38,6 +38,8 @@ pub struct TraceRing {
     next: usize,
     /// Events overwritten.
     dropped: u64,
+    /// Events ever pushed.
+    pushed: u64,
 }
 
 impl TraceRing {
@@ -48,11 +50,13 @@ impl TraceRing {
             capacity,
             next: 0,
             dropped: 0,
+            pushed: 0,
         }
     }
 
     #[inline]
     pub fn push(&mut self, event: Event) {
+        self.pushed += 1;
         if self.events.len() < self.capacity {
             self.events.push(event);
         } else {
@@ -72,6 +76,16 @@ impl TraceRing {
 
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Events ever pushed: the position of the next one.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// The position of the oldest event kept: what was pushed before it is gone.
+    pub fn oldest_kept(&self) -> u64 {
+        self.pushed - self.events.len() as u64
     }
 
     /// The events kept, oldest first; the ring is left empty.
@@ -124,6 +138,8 @@ mod tests {
             }
             assert_eq!(ring.len(), 4);
             assert_eq!(ring.dropped(), extra);
+            assert_eq!(ring.pushed(), total);
+            assert_eq!(ring.oldest_kept(), total - 4);
             let got: Vec<u64> = ring.drain().iter().map(|e| e.t0).collect();
             assert_eq!(got, (total - 4..total).collect::<Vec<_>>());
         }

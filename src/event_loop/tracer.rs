@@ -157,6 +157,13 @@ impl Tracer {
         (PyBytes::new(py, &out), dropped)
     }
 
+    /// `(events ever pushed, position of the oldest kept)`: an event pushed before the second
+    /// is no longer in the ring.
+    fn position(&self, py: Python<'_>) -> (u64, u64) {
+        let inner = self.inner.borrow(py);
+        (inner.ring.pushed(), inner.ring.oldest_kept())
+    }
+
     /// Nanoseconds from the trace's start to now.
     fn now_ns(&self, py: Python<'_>) -> u64 {
         let origin = self.inner.borrow(py).origin;
