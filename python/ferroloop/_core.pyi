@@ -123,7 +123,8 @@ class Tracer:
     """The ring of events a `ferroloop.trace()` records (`ferroloop._trace`)."""
 
     def __init__(self, capacity: int, recorder: Any) -> None: ...
-    def forget(self, address: int) -> None: ...
+    def subjects(self) -> dict[int, tuple[str, Optional[str]]]:
+        """id -> (name, the coroutine's qualified name for a task, else None)."""
     def drain(self) -> tuple[bytes, int]:
         """The events, packed `<BxxxIQQQ`, oldest first, and how many were dropped."""
     def now_ns(self) -> int: ...

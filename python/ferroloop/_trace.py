@@ -17,7 +17,6 @@ here (`_wait_label`) once per coroutine code and waiter type. The wait lasts unt
 next step begins, so it includes the time its wake-up spent in the ready queue.
 """
 
-import collections
 import os
 import struct
 import sys
@@ -28,10 +27,7 @@ from ferroloop import _core
 from ferroloop import _trace_model as model
 
 DEFAULT_CAPACITY = 1 << 20
-"""Events the ring keeps: 32 MiB of them."""
-
-_SUBJECT_TASK = 0
-_SUBJECT_STATIC = 1
+"""Events the ring keeps: 16 MiB of them."""
 
 _WAIT_DONE = 1
 _WAIT_READY = 2
@@ -106,82 +102,13 @@ def _wait_label(code, waiter):
     return model.WAIT_FUTURE, qualname
 
 
-def _callable_name(obj):
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    if isinstance(name, str):
-        return name
-    return type(obj).__qualname__
-
-
 class Recorder:
-    """Names what the Rust tracer meets for the first time, and keeps the names.
-
-    A subject that dies is forgotten by the tracer at once (a new object at its address is a
-    new subject), and its name is dropped here once the ring has overwritten every event that
-    could name it: those pushed before it died. So a server that makes a task per request keeps
-    names for its live tasks and for those still in the ring, not for every task it ever ran."""
-
-    PURGE_EVERY = 256
-    """New subjects between two purges of the names of dead ones."""
+    """Labels what a task waits on, for the Rust tracer, once per coroutine code and waiter
+    type; the tracer names its subjects itself (`src/event_loop/tracer.rs`)."""
 
     def __init__(self):
-        self.tracer = None
-        """A weak reference to the `_core.Tracer` that calls this recorder."""
-        self.tasks = {}
-        """id -> TaskInfo, for subjects that are tasks."""
-        self.names = {}
-        """id -> the name of every subject."""
         self.labels = {}
         """label id -> (state, label)."""
-        self._next_id = 1
-        self._watched = {}
-        self._dead = collections.deque()
-        self._since_purge = 0
-
-    def subject(self, subject, kind, callback, address):
-        sid = self._next_id
-        self._next_id += 1
-        if kind == _SUBJECT_TASK:
-            coro = subject.get_coro()
-            info = model.TaskInfo(sid, subject.get_name(), _callable_name(coro) if coro is not None else "")
-            self.tasks[sid] = info
-            self.names[sid] = info.name
-        else:
-            self.names[sid] = _callable_name(callback if kind == _SUBJECT_STATIC else subject)
-        if kind != _SUBJECT_STATIC:
-            self._watch(subject, sid, address)
-        self._since_purge += 1
-        if self._since_purge >= self.PURGE_EVERY:
-            self._purge()
-        return sid
-
-    def _watch(self, subject, sid, address):
-        """When `subject` dies, the tracer forgets `address` and its name may go. One that
-        cannot be watched is kept until the trace ends, so its address stays its own."""
-        tracer, dead, watched = self.tracer, self._dead, self._watched
-
-        def gone(_ref):
-            watched.pop(sid, None)
-            t = tracer()
-            if t is not None:
-                t.forget(address)
-                dead.append((t.position()[0], sid))
-
-        try:
-            watched[sid] = weakref.ref(subject, gone)
-        except TypeError:
-            watched[sid] = subject
-
-    def _purge(self):
-        self._since_purge = 0
-        tracer = self.tracer()
-        if tracer is None:
-            return
-        oldest = tracer.position()[1]
-        while self._dead and self._dead[0][0] <= oldest:
-            _, sid = self._dead.popleft()
-            self.names.pop(sid, None)
-            self.tasks.pop(sid, None)
 
     def label(self, code, waiter):
         lid = len(self.labels) + 1
@@ -235,7 +162,6 @@ class TraceSession:
         _check_writable((self.json_path, self.html_path))
         self._recorder = Recorder()
         self._tracer = _core.Tracer(self.capacity, self._recorder)
-        self._recorder.tracer = weakref.ref(self._tracer)
         self._wall_start = time.time()
         _session = self
         _core._trace_session(True)
@@ -279,8 +205,9 @@ class TraceSession:
             if after is not None and before is not None:
                 bounds, counts = after[0], [a - b for a, b in zip(after[1], before[1])]
                 lag = (bounds, counts if lag is None else [a + b for a, b in zip(lag[1], counts)])
+        subjects = self._tracer.subjects()
         data, dropped = self._tracer.drain()
-        self.trace = build(data, dropped, end_ns, self._recorder, self._wall_start, lag)
+        self.trace = build(data, dropped, end_ns, subjects, self._recorder.labels, self._wall_start, lag)
         from ferroloop._trace_html import write_html
         from ferroloop._trace_json import write_json
 
@@ -319,14 +246,16 @@ def _percentiles(lag):
     return {p: hist.percentile(p) for p in (50, 90, 99, 100)}
 
 
-def build(data, dropped, end_ns, recorder, wall_start, lag=None):
-    """The model of a drained trace."""
+def build(data, dropped, end_ns, subjects, labels, wall_start, lag=None):
+    """The model of a drained trace: `subjects` maps ids to (name, coroutine or None for what
+    is not a task), `labels` label ids to (state, label)."""
     events = list(_EVENT.iter_unpack(data))
     origin = events[0][2] if dropped and events else 0
     sec = lambda ns: max(0, ns - origin) / 1e9  # noqa: E731
     callbacks, polls, transfers, ready, states = [], [], [], [], []
     current = {}  # task id -> (state, label, since)
-    tasks = recorder.tasks
+    names = {sid: name for sid, (name, _) in subjects.items()}
+    tasks = {sid: model.TaskInfo(sid, name, coro) for sid, (name, coro) in subjects.items() if coro is not None}
 
     def close(task, at):
         state, label, since = current.pop(task)
@@ -336,7 +265,7 @@ def build(data, dropped, end_ns, recorder, wall_start, lag=None):
         if kind == _CALLBACK:
             start, end = sec(t0), sec(t1)
             task = a if a in tasks else None
-            name = recorder.names.get(a, "?")
+            name = names.get(a, "?")
             if task is not None:
                 if task in current:
                     close(task, start)
@@ -353,10 +282,10 @@ def build(data, dropped, end_ns, recorder, wall_start, lag=None):
             elif what == _WAIT_READY:
                 current[a] = (model.READY, "yield", at)
             elif what == _WAIT_TASK:
-                other = recorder.names.get(detail, "?")
+                other = names.get(detail, "?")
                 current[a] = (model.WAIT_TASK, other, at)
             else:
-                state, label = recorder.labels.get(detail, (model.WAIT_FUTURE, "?"))
+                state, label = labels.get(detail, (model.WAIT_FUTURE, "?"))
                 current[a] = (state, label, at)
         elif kind == _POLL:
             polls.append(model.Poll(sec(t0), sec(t1), b))
@@ -400,6 +329,6 @@ def trace(out, *, capacity=DEFAULT_CAPACITY, summary=True, file=None):
     (Chrome Trace Event format: open it in ui.perfetto.dev), `OUT.html` (each task's states over
     time, self-contained) and a summary to `file` (stderr by default; `summary=False` for none).
 
-    `capacity` bounds the events kept (32 bytes each); past it the oldest are dropped, and the
+    `capacity` bounds the events kept (16 bytes each); past it the oldest are dropped, and the
     files say how many."""
     return TraceSession(out, capacity=capacity, summary=summary, file=file)

@@ -101,7 +101,7 @@ class Trace:
     polls: List[Poll]
     transfers: List[Transfer]
     ready_queue: List[Tuple[float, int]]
-    """(time, length) of the ready queue, at each iteration's start."""
+    """(time, length) of the ready queue at an iteration's start, when it changed."""
     dropped: int
     """Events lost to the ring buffer's bound."""
     utilization: float

@@ -73,6 +73,16 @@ impl CallbackSlot {
         }
     }
 
+    /// The callback alone (one incref).
+    pub(super) fn callback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        // SAFETY: an incref runs no Python code.
+        unsafe {
+            self.0.with(py, |slot| {
+                slot.as_ref().map(|cb| cb.callback.bind(py).clone())
+            })
+        }
+    }
+
     pub(super) fn take(&self, py: Python<'_>) -> Option<Callback> {
         // SAFETY: moving the value out runs no Python code; the caller drops it after.
         unsafe { self.0.with(py, Option::take) }

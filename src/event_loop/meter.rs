@@ -151,11 +151,7 @@ impl Meter {
     #[inline(always)]
     pub fn traced_callback<'py>(&self, handle: &Bound<'py, Handle>) -> Option<Bound<'py, PyAny>> {
         if cfg!(feature = "counters") && self.hot(handle.py(), |h| h.tracing) {
-            handle
-                .get()
-                .callback
-                .get(handle.py(), &handle.get().flags)
-                .map(|(callback, _)| callback)
+            handle.get().callback.callback(handle.py())
         } else {
             None
         }

@@ -2,27 +2,33 @@
 //! hands it every callback run, poll wait, iteration start and transport transfer, and it keeps
 //! them as numbered events in a bounded ring (`core::trace_ring`).
 //!
-//! Names are not kept per event: each callback's *subject* is interned once. A task's step or
-//! wake-up has the task as subject (the C Task schedules bound builtin methods, or on 3.11-3.12 a
-//! `TaskStepMethWrapper`, whose `__self__` is the task); a bound Python method has its function;
-//! a builtin method its C function; anything else itself. The first time a subject is seen, the
-//! Python side (`ferroloop._trace.Recorder.subject`) names it and gives it an id, holding it by
-//! a weak reference whose callback calls `forget`, so an address reused by a later object gets a
-//! new id and tracing never keeps a task alive.
+//! Names are not kept per event: each callback's *subject* is interned once, by an address that
+//! stays its own while the tracer may meet it again. A task's step or wake-up has the task as
+//! subject (the C Task schedules bound builtin methods, or on 3.11-3.12 a `TaskStepMethWrapper`,
+//! whose `__self__` is the task): its address is dropped from the table when the task is seen
+//! done, so a later object there is a new subject. A Python function (or a method's function) is
+//! interned by its code object, a builtin by its C function, anything else by its type; the
+//! tracer holds the code object or type, so those addresses are never reused while it lives.
+//! Names are read when a subject is first seen (a task's name and coroutine, a code's qualified
+//! name), with no weak reference and no Python-level call: tracing keeps no task alive.
+//!
+//! A done task's name is kept until the ring has overwritten every event that could name it,
+//! then dropped: a server that makes a task per request keeps the names of its live tasks and
+//! of those still in the ring, within the ring's bound.
 //!
 //! After a task's step, what it now waits on is recorded too: done, ready again, another task,
 //! or a label for the innermost coroutine awaiting (its code object and the waiter's type,
-//! interned the same way: `Recorder.label`). Reading that costs a few attribute reads per step,
-//! paid only while tracing.
+//! labelled once by `ferroloop._trace.Recorder.label`). Reading that costs a few attribute reads
+//! per step, paid only while tracing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyType};
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 use pyo3::{ffi, intern};
 
 use crate::core::ticks;
@@ -42,11 +48,8 @@ pub fn _trace_session(on: bool) {
     SESSION.store(on, Ordering::Relaxed);
 }
 
-/// A subject's kind, as `Recorder.subject` receives it.
-const SUBJECT_TASK: u8 = 0;
-/// A C function: lives as long as its module, never forgotten.
-const SUBJECT_STATIC: u8 = 1;
-const SUBJECT_OBJECT: u8 = 2;
+/// New subjects between two purges of done tasks' names.
+const PURGE_EVERY: u32 = 256;
 
 /// A wait label's top byte says what it is; the rest, which subject or label.
 pub const WAIT_DONE: u64 = 1 << 56;
@@ -77,10 +80,29 @@ impl Hasher for PtrHasher {
 
 type PtrMap<K, V> = HashMap<K, V, BuildHasherDefault<PtrHasher>>;
 
+/// What a subject is called: a task's name and coroutine, or a callable's qualified name.
+struct Subject {
+    name: Py<PyAny>,
+    /// For a task: its coroutine's `__qualname__`.
+    coro: Option<Py<PyAny>>,
+    /// The code object or type whose address keys the subject, held so that it stays its own.
+    _keep: Option<Py<PyAny>>,
+}
+
 struct Inner {
     ring: TraceRing,
-    subjects: PtrMap<usize, u32>,
+    /// Address -> subject id, for the subjects that may be met again.
+    keys: PtrMap<usize, u32>,
+    subjects: HashMap<u32, Subject>,
+    next_id: u32,
+    /// (ring position after its last event, id) of each task seen done, oldest first.
+    done: VecDeque<(u64, u32)>,
+    new_since_purge: u32,
     labels: PtrMap<(usize, usize), u32>,
+    /// The ready queue's length last recorded.
+    last_ready: Option<usize>,
+    /// The type of the 3.11-3.12 C Task's step callback, once met.
+    step_wrapper: usize,
     /// The tick the trace's times count from.
     origin: u64,
 }
@@ -102,6 +124,7 @@ impl Tracer {
             return Err(PyValueError::new_err("capacity must be positive"));
         }
         ticks::calibrate();
+        let origin = ticks::now();
         let task_type = py
             .import(intern!(py, "asyncio"))?
             .getattr(intern!(py, "Task"))?
@@ -114,10 +137,16 @@ impl Tracer {
             .unbind();
         Ok(Tracer {
             inner: GilCell::new(Inner {
-                ring: TraceRing::new(capacity),
-                subjects: PtrMap::default(),
+                ring: TraceRing::new(capacity, origin),
+                keys: PtrMap::default(),
+                subjects: HashMap::new(),
+                next_id: 1,
+                done: VecDeque::new(),
+                new_since_purge: 0,
                 labels: PtrMap::default(),
-                origin: ticks::now(),
+                last_ready: None,
+                step_wrapper: 0,
+                origin,
             }),
             recorder,
             task_type,
@@ -125,11 +154,13 @@ impl Tracer {
         })
     }
 
-    /// The subject at `address` is gone: a new object there is a new subject.
-    fn forget(&self, py: Python<'_>, address: usize) {
-        if let Some(mut inner) = self.inner.try_borrow_mut(py) {
-            inner.subjects.remove(&address);
+    /// The names of the subjects the events may name: id -> (name, coroutine or None).
+    fn subjects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (id, subject) in &self.inner.borrow(py).subjects {
+            out.set_item(id, (&subject.name, &subject.coro))?;
         }
+        Ok(out)
     }
 
     /// The events kept, oldest first, as `struct` records `<BxxxIQQQ` with times in ns from the
@@ -137,10 +168,9 @@ impl Tracer {
     fn drain<'py>(&self, py: Python<'py>) -> (Bound<'py, PyBytes>, u64) {
         let mut inner = self.inner.borrow_mut(py);
         let dropped = inner.ring.dropped();
-        let origin = inner.origin;
         let events = inner.ring.drain();
         drop(inner);
-        let ns = |t: u64| ticks::to_ns(t.saturating_sub(origin));
+        let ns = ticks::to_ns;
         let mut out = Vec::with_capacity(events.len() * 32);
         for e in events {
             let (t0, t1) = match e.kind {
@@ -193,8 +223,19 @@ impl Tracer {
         self.push(py, Kind::Poll, 0, before, after, events);
     }
 
+    /// An iteration begins at `at` with `ready` callbacks: recorded when the length changed.
     pub fn iteration(&self, py: Python<'_>, at: u64, ready: usize) {
-        self.push(py, Kind::Ready, 0, at, 0, ready as u64);
+        let mut inner = self.inner.borrow_mut(py);
+        if inner.last_ready != Some(ready) {
+            inner.last_ready = Some(ready);
+            inner.ring.push(Event {
+                kind: Kind::Ready,
+                a: 0,
+                t0: at,
+                t1: 0,
+                b: ready as u64,
+            });
+        }
     }
 
     /// Transport `id` read (or wrote, if `wrote`) `nbytes` at tick `at`.
@@ -211,12 +252,14 @@ impl Tracer {
         timer: bool,
     ) -> PyResult<()> {
         let py = callback.py();
-        let (task, address, key, kind) = self.subject_of(callback)?;
-        let id = self.subject(address, key.as_ref().unwrap_or(callback), kind, callback)?;
+        let (task, id) = self.subject_of(callback)?;
         self.push(py, Kind::Callback, id, start, end, timer as u64);
         if let Some(task) = task {
             let wait = self.wait_of(&task)?;
             self.push(py, Kind::TaskWait, id, end, 0, wait);
+            if wait == WAIT_DONE {
+                self.task_done(py, &task, id);
+            }
         }
         Ok(())
     }
@@ -226,18 +269,11 @@ impl Tracer {
         unsafe { ffi::PyObject_TypeCheck(obj.as_ptr(), self.task_type.as_ptr().cast()) != 0 }
     }
 
-    /// The task a callback steps (if any), the address its subject is keyed by, the subject
-    /// (None: a C function, named by the callback), and its kind.
-    #[allow(clippy::type_complexity)]
+    /// The task a callback steps (if any), and the id of its subject.
     fn subject_of<'py>(
         &self,
         callback: &Bound<'py, PyAny>,
-    ) -> PyResult<(
-        Option<Bound<'py, PyAny>>,
-        usize,
-        Option<Bound<'py, PyAny>>,
-        u8,
-    )> {
+    ) -> PyResult<(Option<Bound<'py, PyAny>>, u32)> {
         let py = callback.py();
         let ptr = callback.as_ptr();
         // SAFETY: `ptr` is a live object; the checks read its type, and PyCFunction_GetSelf a
@@ -252,80 +288,172 @@ impl Tracer {
         };
         if let Some(owner) = builtin_self {
             if let Some(owner) = owner.filter(|o| self.is_task(o)) {
-                return Ok((
-                    Some(owner.clone()),
-                    owner.as_ptr() as usize,
-                    Some(owner),
-                    SUBJECT_TASK,
-                ));
+                let id = self.task_subject(&owner)?;
+                return Ok((Some(owner), id));
             }
             // SAFETY: `ptr` is a builtin function (checked above).
             let function = unsafe { ffi::PyCFunction_GetFunction(ptr) };
-            return Ok((
-                None,
-                function.map_or(0, |f| f as usize),
-                None,
-                SUBJECT_STATIC,
-            ));
+            let id = self.subject(py, function.map_or(0, |f| f as usize), || {
+                Ok((
+                    callback.getattr(intern!(py, "__qualname__"))?.unbind(),
+                    None,
+                ))
+            })?;
+            return Ok((None, id));
+        }
+        // SAFETY: `ptr` is a live object; the check reads its type.
+        if unsafe { ffi::PyFunction_Check(ptr) } != 0 {
+            return Ok((None, self.callable_subject(callback)?));
         }
         let ty = callback.get_type();
-        let wraps_a_step = ty.is(self.method_type.bind(py)) || is_step_wrapper(&ty);
-        if wraps_a_step {
+        let step_wrapper = self.inner.borrow(py).step_wrapper;
+        let wraps = ty.is(self.method_type.bind(py))
+            || ty.as_ptr() as usize == step_wrapper
+            || self.learn_step_wrapper(&ty);
+        let function = if wraps {
             let owner = callback.getattr(intern!(py, "__self__"))?;
             if self.is_task(&owner) {
-                return Ok((
-                    Some(owner.clone()),
-                    owner.as_ptr() as usize,
-                    Some(owner),
-                    SUBJECT_TASK,
-                ));
+                let id = self.task_subject(&owner)?;
+                return Ok((Some(owner), id));
             }
-            if let Ok(function) = callback.getattr(intern!(py, "__func__")) {
-                return Ok((
-                    None,
-                    function.as_ptr() as usize,
-                    Some(function),
-                    SUBJECT_OBJECT,
-                ));
-            }
-        }
-        Ok((None, ptr as usize, None, SUBJECT_OBJECT))
+            callback.getattr(intern!(py, "__func__")).ok()
+        } else {
+            Some(callback.clone())
+        };
+        Ok((
+            None,
+            self.callable_subject(function.as_ref().unwrap_or(callback))?,
+        ))
     }
 
-    /// The interned id of the subject at `address`: `subject`, or for a C function the address
-    /// of its code (`subject` is then the callback, for its name).
-    fn subject(
-        &self,
-        address: usize,
-        subject: &Bound<'_, PyAny>,
-        kind: u8,
-        callback: &Bound<'_, PyAny>,
-    ) -> PyResult<u32> {
-        let py = subject.py();
-        if let Some(&id) = self.inner.borrow(py).subjects.get(&address) {
+    /// Whether `ty` is the C Task's step wrapper (remembered once it is met).
+    fn learn_step_wrapper(&self, ty: &Bound<'_, PyType>) -> bool {
+        // SAFETY: a live type's `tp_name` is a NUL-terminated string it owns.
+        let name = unsafe { CStr::from_ptr((*ty.as_type_ptr()).tp_name) };
+        let found = name.to_bytes().ends_with(b"TaskStepMethWrapper");
+        if found {
+            self.inner.borrow_mut(ty.py()).step_wrapper = ty.as_ptr() as usize;
+        }
+        found
+    }
+
+    /// A Python function's subject, by its code; anything else's, by its type.
+    fn callable_subject(&self, callable: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let py = callable.py();
+        // SAFETY: `callable` is live; PyFunction_GetCode returns a borrowed reference to the
+        // code of a function (checked first).
+        let code = unsafe {
+            (ffi::PyFunction_Check(callable.as_ptr()) != 0)
+                .then(|| Bound::from_borrowed_ptr(py, ffi::PyFunction_GetCode(callable.as_ptr())))
+        };
+        let keep = match code {
+            Some(code) => code,
+            None => callable.get_type().into_any(),
+        };
+        self.subject(py, keep.as_ptr() as usize, || {
+            let name = keep
+                .getattr(intern!(py, "co_qualname"))
+                .or_else(|_| keep.getattr(intern!(py, "__qualname__")))?;
+            Ok((name.unbind(), Some(keep.clone().unbind())))
+        })
+    }
+
+    /// A task's subject: its name and coroutine are read when it is first seen.
+    fn task_subject(&self, task: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let py = task.py();
+        let address = task.as_ptr() as usize;
+        if let Some(&id) = self.inner.borrow(py).keys.get(&address) {
             return Ok(id);
         }
-        let id: u32 = self
-            .recorder
-            .bind(py)
-            .call_method1(intern!(py, "subject"), (subject, kind, callback, address))?
-            .extract()?;
-        self.inner.borrow_mut(py).subjects.insert(address, id);
-        Ok(id)
+        let name = task.call_method0(intern!(py, "get_name"))?;
+        let coro = task.call_method0(intern!(py, "get_coro"))?;
+        let coro = if coro.is_none() {
+            PyString::new(py, "").into_any()
+        } else {
+            coro.getattr(intern!(py, "__qualname__"))
+                .unwrap_or_else(|_| {
+                    coro.get_type()
+                        .name()
+                        .map_or_else(|_| PyString::new(py, "?"), |n| n)
+                        .into_any()
+                })
+        };
+        Ok(self.intern(
+            py,
+            address,
+            Subject {
+                name: name.unbind(),
+                coro: Some(coro.unbind()),
+                _keep: None,
+            },
+        ))
+    }
+
+    /// The id of the subject at `address`, made with `describe` (name, what to hold) if new.
+    #[allow(clippy::type_complexity)]
+    fn subject(
+        &self,
+        py: Python<'_>,
+        address: usize,
+        describe: impl FnOnce() -> PyResult<(Py<PyAny>, Option<Py<PyAny>>)>,
+    ) -> PyResult<u32> {
+        if let Some(&id) = self.inner.borrow(py).keys.get(&address) {
+            return Ok(id);
+        }
+        let (name, keep) = describe()?;
+        Ok(self.intern(
+            py,
+            address,
+            Subject {
+                name,
+                coro: None,
+                _keep: keep,
+            },
+        ))
+    }
+
+    fn intern(&self, py: Python<'_>, address: usize, subject: Subject) -> u32 {
+        let mut inner = self.inner.borrow_mut(py);
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.keys.insert(address, id);
+        inner.subjects.insert(id, subject);
+        inner.new_since_purge += 1;
+        if inner.new_since_purge >= PURGE_EVERY {
+            inner.new_since_purge = 0;
+            let oldest = inner.ring.oldest_kept();
+            while let Some(&(after, gone)) = inner.done.front() {
+                if after > oldest {
+                    break;
+                }
+                inner.done.pop_front();
+                inner.subjects.remove(&gone);
+            }
+        }
+        id
+    }
+
+    /// Task `id` is done: it steps no more, so its address is free for a new subject, and its
+    /// name may go once the ring has passed its last event.
+    fn task_done(&self, py: Python<'_>, task: &Bound<'_, PyAny>, id: u32) {
+        let mut inner = self.inner.borrow_mut(py);
+        if inner.keys.get(&(task.as_ptr() as usize)) == Some(&id) {
+            inner.keys.remove(&(task.as_ptr() as usize));
+        }
+        let after = inner.ring.pushed();
+        inner.done.push_back((after, id));
     }
 
     /// What `task` waits on after its step (a `WAIT_*` value).
     fn wait_of(&self, task: &Bound<'_, PyAny>) -> PyResult<u64> {
         let py = task.py();
-        if task.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(WAIT_DONE);
-        }
         let waiter = task.getattr(intern!(py, "_fut_waiter"))?;
         if waiter.is_none() {
-            return Ok(WAIT_READY);
+            let done = task.call_method0(intern!(py, "done"))?.is_truthy()?;
+            return Ok(if done { WAIT_DONE } else { WAIT_READY });
         }
         if self.is_task(&waiter) {
-            let id = self.subject(waiter.as_ptr() as usize, &waiter, SUBJECT_TASK, &waiter)?;
+            let id = self.task_subject(&waiter)?;
             return Ok(WAIT_TASK | id as u64);
         }
         let code = innermost_code(&task.call_method0(intern!(py, "get_coro"))?)?;
@@ -344,13 +472,6 @@ impl Tracer {
         self.inner.borrow_mut(py).labels.insert(key, id);
         Ok(WAIT_LABEL | id as u64)
     }
-}
-
-/// The C Task's step callback on 3.11 and 3.12.
-fn is_step_wrapper(ty: &Bound<'_, PyType>) -> bool {
-    // SAFETY: a live type's `tp_name` is a NUL-terminated string it owns.
-    let name = unsafe { CStr::from_ptr((*ty.as_type_ptr()).tp_name) };
-    name.to_bytes().ends_with(b"TaskStepMethWrapper")
 }
 
 /// The code of the innermost coroutine (or generator) in `coro`'s await chain: the one that
