@@ -374,7 +374,7 @@ impl Tracer {
                 .unwrap_or_else(|_| {
                     coro.get_type()
                         .name()
-                        .map_or_else(|_| PyString::new(py, "?"), |n| n)
+                        .unwrap_or_else(|_| PyString::new(py, "?"))
                         .into_any()
                 })
         };
