@@ -58,6 +58,7 @@ pub struct Meter {
     /// The end of the last callback or poll (`IDLE` while polling or not running), where the
     /// watchdog's thread can read it (`core::watchdog`).
     beacon: Arc<Beacon>,
+    clock: ticks::Clock,
 }
 
 impl Meter {
@@ -72,6 +73,7 @@ impl Meter {
             }),
             cold: GilCell::default(),
             beacon: watchdog::new_beacon(),
+            clock: ticks::clock(),
         }
     }
 
@@ -91,7 +93,7 @@ impl Meter {
     #[inline(always)]
     pub fn now(&self) -> u64 {
         if cfg!(feature = "counters") {
-            ticks::now()
+            self.clock.now()
         } else {
             0
         }
@@ -222,7 +224,7 @@ impl Meter {
     #[inline(always)]
     pub fn ready_waited(&self, py: Python<'_>, since: u64, start: u64) {
         if cfg!(feature = "counters") {
-            let ns = ticks::to_ns(start.saturating_sub(since));
+            let ns = self.clock.to_ns(start.saturating_sub(since));
             self.hot(py, |h| h.counters.ready_wait.record_ns(ns));
         }
     }
@@ -232,7 +234,7 @@ impl Meter {
     #[inline(always)]
     pub fn timer_fired(&self, py: Python<'_>, late: f64, since_reading: u64) {
         if cfg!(feature = "counters") {
-            let ns = (late.max(0.0) * 1e9) as u64 + ticks::to_ns(since_reading);
+            let ns = (late.max(0.0) * 1e9) as u64 + self.clock.to_ns(since_reading);
             self.hot(py, |h| {
                 h.counters.timers_fired += 1;
                 h.counters.timer_lag.record_ns(ns);
