@@ -23,6 +23,7 @@ own calls retry (PEP 475), C code may not. One signal is sent per stall.
 import asyncio
 import dataclasses
 import faulthandler
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,14 @@ __all__ = ("watchdog", "Stall")
 
 _loops: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
 """Beacon id -> loop, for the running task's name."""
+
+# A fork copies the process with only the forking thread: the watchdog's lock must not be held
+# by its thread at that moment, and a child has no watchdog thread to stop.
+os.register_at_fork(
+    before=_core._fork_prepare,
+    after_in_parent=_core._fork_parent,
+    after_in_child=_core._fork_child,
+)
 
 
 def register(loop):
@@ -100,6 +109,7 @@ class watchdog:
                 ) from exc
         self._signum = 0
         self._reporter = None
+        self._pid = None
 
     def __enter__(self):
         if self._fd >= 0:
@@ -111,11 +121,14 @@ class watchdog:
         except BaseException:
             self._unregister()
             raise
+        self._pid = os.getpid()
         self._reporter = threading.Thread(target=self._report, name="ferroloop-watchdog-reporter", daemon=True)
         self._reporter.start()
         return self
 
     def __exit__(self, *exc_info):
+        if os.getpid() != self._pid:  # a forked child: the parent's watchdog is not its own
+            return False
         _core._watchdog_stop()
         if self._reporter is not None:
             self._reporter.join()

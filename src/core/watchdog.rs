@@ -15,10 +15,11 @@
 //! the watchdog writes how long it lasted, and a `Stall` goes to whoever waits in `next_stall`
 //! (the Python side, for the running task's name and the user's callback).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,6 +50,24 @@ impl Beacon {
 
 static BEACONS: Mutex<Vec<Weak<Beacon>>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The registry's lock, held by the thread that forks from `fork_prepare` to `fork_done`.
+    static HELD: RefCell<Option<MutexGuard<'static, Vec<Weak<Beacon>>>>> = const { RefCell::new(None) };
+}
+
+/// Before `fork()`: takes the registry's lock, so that no other thread (the watchdog's, in the
+/// middle of a scan) holds it when the process is copied. A child whose copy of the lock was
+/// held would block at its first loop.
+pub fn fork_prepare() {
+    let guard = BEACONS.lock().unwrap_or_else(|e| e.into_inner());
+    HELD.with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// After `fork()`, in the parent and in the child: lets the lock go.
+pub fn fork_done() {
+    HELD.with(|held| held.borrow_mut().take());
+}
 
 /// A new beacon, watched by any watchdog that runs while it lives.
 pub fn new_beacon() -> Arc<Beacon> {
@@ -341,6 +360,13 @@ mod tests {
         scanner.scan(&beacons, 2_000_050, 100, &mut log);
         scanner.scan(&beacons, 2_000_100, 100, &mut log);
         assert_eq!(log.0, vec!["began 10", "ended 10", "began 2000000"]);
+    }
+
+    #[test]
+    fn the_registry_is_free_again_after_a_fork() {
+        fork_prepare();
+        fork_done();
+        drop(new_beacon());
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub fn install(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_still, module)?)?;
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_stop, module)?)?;
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_restartable, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_fork_prepare, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_fork_parent, module)?)?;
+    module.add_function(wrap_pyfunction!(watchdog::_fork_child, module)?)?;
     freelist::install(
         py,
         Handle::type_object_raw(py),

@@ -63,6 +63,28 @@ pub fn _watchdog_stop(py: Python<'_>) {
     }
 }
 
+/// `os.register_at_fork(before=...)`: no lock of ours is held by another thread at the fork.
+#[pyfunction]
+pub fn _fork_prepare() {
+    watchdog::fork_prepare();
+}
+
+/// `os.register_at_fork(after_in_parent=...)`.
+#[pyfunction]
+pub fn _fork_parent() {
+    watchdog::fork_done();
+}
+
+/// `os.register_at_fork(after_in_child=...)`: the child has no watchdog thread; a watchdog the
+/// parent was running is forgotten (its thread cannot be joined here), so the child may start
+/// its own.
+#[pyfunction]
+pub fn _fork_child() {
+    watchdog::fork_done();
+    let copied = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
+    std::mem::forget(copied);
+}
+
 /// Adds `SA_RESTART` to the handler faulthandler installed for `signum`, so the system calls
 /// the kernel can restart (reads, writes, accept) are not cut short in the stalled thread.
 #[pyfunction]
