@@ -23,6 +23,10 @@ from typing import List, Optional
 TIMEOUT = 90
 """Seconds one Chromium run may take: generous, for a busy CI machine."""
 
+ATTEMPTS = 3
+"""Runs of Chromium when it dies of a signal: headless Chromium crashed now and then on the
+loaded CI machine (SIGSEGV, once in a few hundred runs), which says nothing about the page."""
+
 
 def chromium() -> Optional[str]:
     """The Chromium binary on PATH, or None."""
@@ -50,7 +54,10 @@ def _run(
             *extra,
             pathlib.Path(html_path).resolve().as_uri(),
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+        for _ in range(ATTEMPTS):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+            if result.returncode >= 0:
+                break
     if result.returncode != 0:
         raise RuntimeError(f"chromium exited with {result.returncode}:\n{result.stderr[-3000:]}")
     return result

@@ -79,14 +79,16 @@ C_STALL = """
         ferroloop.run(matcher())
         ferroloop.run(asyncio.sleep(0.3))  # room for the end-of-stall line
     (stall,) = seen
-    print(stall.ongoing, stall.task, stall.stack)
+    print(stall.ongoing, stall.stack is None or stall.stack[-1].name == "matcher")
 """
 
 
 def test_a_stall_in_c_code_holding_the_gil_still_gets_its_stack():
     proc = run_child(C_STALL)
-    # The Python side only got the GIL once the stall was over.
-    assert proc.stdout.split() == ["False", "None", "None"]
+    # The Python side gets the GIL when the C call lets go of it: normally once the stall is
+    # over (ongoing False, no stack), but the stack written from the signal handler came first.
+    ongoing, consistent = proc.stdout.split()
+    assert consistent == "True"
     err = proc.stderr
     assert err.count("has been running one callback for") == 1
     assert "line 14 in matcher" in err
