@@ -173,7 +173,7 @@ impl Meter {
     #[inline(always)]
     pub fn transferred(&self, py: Python<'_>, id: u32, wrote: bool, nbytes: usize) {
         if cfg!(feature = "counters") && self.hot(py, |h| h.tracing) {
-            let now = ticks::now();
+            let now = self.now();
             self.trace(py, |t| t.transfer(py, now, id, wrote, nbytes));
         }
     }

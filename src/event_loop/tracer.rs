@@ -110,7 +110,7 @@ struct Inner {
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
 pub struct Tracer {
     inner: GilCell<Inner>,
-    /// `ferroloop._trace.Recorder`: names subjects and labels.
+    /// `ferroloop._trace.Recorder`: labels what tasks wait on.
     recorder: Py<PyAny>,
     task_type: Py<PyType>,
     method_type: Py<PyType>,
@@ -294,10 +294,11 @@ impl Tracer {
             // SAFETY: `ptr` is a builtin function (checked above).
             let function = unsafe { ffi::PyCFunction_GetFunction(ptr) };
             let id = self.subject(py, function.map_or(0, |f| f as usize), || {
-                Ok((
-                    callback.getattr(intern!(py, "__qualname__"))?.unbind(),
-                    None,
-                ))
+                Ok(Subject {
+                    name: callback.getattr(intern!(py, "__qualname__"))?.unbind(),
+                    coro: None,
+                    _keep: None,
+                })
             })?;
             return Ok((None, id));
         }
@@ -354,62 +355,51 @@ impl Tracer {
             let name = keep
                 .getattr(intern!(py, "co_qualname"))
                 .or_else(|_| keep.getattr(intern!(py, "__qualname__")))?;
-            Ok((name.unbind(), Some(keep.clone().unbind())))
+            Ok(Subject {
+                name: name.unbind(),
+                coro: None,
+                _keep: Some(keep.clone().unbind()),
+            })
         })
     }
 
     /// A task's subject: its name and coroutine are read when it is first seen.
     fn task_subject(&self, task: &Bound<'_, PyAny>) -> PyResult<u32> {
         let py = task.py();
-        let address = task.as_ptr() as usize;
-        if let Some(&id) = self.inner.borrow(py).keys.get(&address) {
-            return Ok(id);
-        }
-        let name = task.call_method0(intern!(py, "get_name"))?;
-        let coro = task.call_method0(intern!(py, "get_coro"))?;
-        let coro = if coro.is_none() {
-            PyString::new(py, "").into_any()
-        } else {
-            coro.getattr(intern!(py, "__qualname__"))
-                .unwrap_or_else(|_| {
-                    coro.get_type()
-                        .name()
-                        .unwrap_or_else(|_| PyString::new(py, "?"))
-                        .into_any()
-                })
-        };
-        Ok(self.intern(
-            py,
-            address,
-            Subject {
+        self.subject(py, task.as_ptr() as usize, || {
+            let name = task.call_method0(intern!(py, "get_name"))?;
+            let coro = task.call_method0(intern!(py, "get_coro"))?;
+            let coro = if coro.is_none() {
+                PyString::new(py, "").into_any()
+            } else {
+                coro.getattr(intern!(py, "__qualname__"))
+                    .unwrap_or_else(|_| {
+                        coro.get_type()
+                            .name()
+                            .unwrap_or_else(|_| PyString::new(py, "?"))
+                            .into_any()
+                    })
+            };
+            Ok(Subject {
                 name: name.unbind(),
                 coro: Some(coro.unbind()),
                 _keep: None,
-            },
-        ))
+            })
+        })
     }
 
-    /// The id of the subject at `address`, made with `describe` (name, what to hold) if new.
-    #[allow(clippy::type_complexity)]
+    /// The id of the subject at `address`, described by `describe` if it is new.
     fn subject(
         &self,
         py: Python<'_>,
         address: usize,
-        describe: impl FnOnce() -> PyResult<(Py<PyAny>, Option<Py<PyAny>>)>,
+        describe: impl FnOnce() -> PyResult<Subject>,
     ) -> PyResult<u32> {
         if let Some(&id) = self.inner.borrow(py).keys.get(&address) {
             return Ok(id);
         }
-        let (name, keep) = describe()?;
-        Ok(self.intern(
-            py,
-            address,
-            Subject {
-                name,
-                coro: None,
-                _keep: keep,
-            },
-        ))
+        let subject = describe()?;
+        Ok(self.intern(py, address, subject))
     }
 
     fn intern(&self, py: Python<'_>, address: usize, subject: Subject) -> u32 {
