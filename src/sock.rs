@@ -192,6 +192,7 @@ impl SockWaiter {
         let ties = Ties {
             owner: Some(sock.clone()),
             pending: Some(future.clone()),
+            context: None,
         };
         let handle =
             event_loop

@@ -9,16 +9,14 @@ selector_events._sendfile_native (3.11)."""
 import asyncio
 import io
 import os
-import pathlib
 import socket
-import ssl
 import sys
 
 import pytest
+from tls_certs import client_context, server_context
 from util import TIMEOUT, run
 
 SIZE = 3 * 1024 * 1024 + 123
-CERTS = pathlib.Path(__file__).parent / "certs"
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +97,8 @@ class Connection:
 
         server_ssl = client_ssl = None
         if tls:
-            server_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            server_ssl.load_cert_chain(CERTS / "server.pem", CERTS / "server.key")
-            client_ssl = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+            server_ssl = server_context()
+            client_ssl = client_context()
         server = await loop.create_server(sink_factory, "127.0.0.1", 0, ssl=server_ssl)
         port = server.sockets[0].getsockname()[1]
         transport, protocol = await loop.create_connection(
@@ -571,9 +568,8 @@ async def tls_pair(loop):
     """A Sender's TLS transport over a Unix socket pair, and the peer: a blocking ssl socket,
     its handshake done in the default executor."""
     mine, peer = socket.socketpair()
-    server_ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ssl.load_cert_chain(CERTS / "server.pem", CERTS / "server.key")
-    client_ssl = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+    server_ssl = server_context()
+    client_ssl = client_context()
     peer.settimeout(TIMEOUT)
     handshake = loop.run_in_executor(None, lambda: server_ssl.wrap_socket(peer, server_side=True))
     transport, protocol = await loop.create_unix_connection(

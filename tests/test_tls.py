@@ -6,25 +6,14 @@ The certificates are in tests/certs (see its README). Reference: CPython asyncio
 selector_events._make_ssl_transport, sslproto (3.11)."""
 
 import asyncio
-import pathlib
 import socket
 import ssl
 
 import pytest
+from tls_certs import CERTS, client_context, server_context
 from util import run
 
-CERTS = pathlib.Path(__file__).parent / "certs"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-def server_context():
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(CERTS / "server.pem", CERTS / "server.key")
-    return context
-
-
-def client_context():
-    return ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
 
 
 @pytest.mark.parametrize("name", ["ca.pem", "other_ca.pem", "server.pem"])
@@ -490,37 +479,3 @@ class TestMakeSslTransport:
             assert client.events == [] and server.events == []
 
         run(loop, main())
-
-
-class TestPython310Constructor:
-    def test_no_shutdown_timeout_is_passed_where_sslproto_takes_none(self, ferro_loop, monkeypatch):
-        from ferroloop import _tls
-
-        calls = []
-
-        def old_ssl_protocol(
-            loop,
-            app_protocol,
-            sslcontext,
-            waiter,
-            server_side=False,
-            server_hostname=None,
-            call_connection_made=True,
-            ssl_handshake_timeout=None,
-        ):
-            calls.append((server_side, server_hostname, call_connection_made, ssl_handshake_timeout))
-            raise RuntimeError("stop here")
-
-        monkeypatch.setattr(_tls, "_TAKES_SHUTDOWN_TIMEOUT", False)
-        monkeypatch.setattr(_tls.sslproto, "SSLProtocol", old_ssl_protocol)
-        client_sock, server_sock = socket.socketpair()
-        with client_sock, server_sock, pytest.raises(RuntimeError, match="stop here"):
-            ferro_loop._make_ssl_transport(
-                client_sock,
-                asyncio.Protocol(),
-                None,
-                server_hostname="localhost",
-                ssl_handshake_timeout=5.0,
-                ssl_shutdown_timeout=7.0,
-            )
-        assert calls == [(False, "localhost", True, 5.0)]

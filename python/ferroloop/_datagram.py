@@ -51,6 +51,7 @@ from asyncio import constants, transports, trsock
 from asyncio.log import logger
 
 from ferroloop._addr import is_filesystem_path, remove_stale_socket_file, resolve_address, set_reuse_port
+from ferroloop._in_context import InContext
 from ferroloop._reading import ReadPausing
 
 __all__ = ("DatagramMixin", "DatagramSocketTransport")
@@ -206,7 +207,9 @@ class DatagramMixin:
         return DatagramSocketTransport(self, sock, protocol, address, waiter, extra)
 
 
-class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transports.DatagramTransport):
+class DatagramSocketTransport(
+    ReadPausing, InContext, transports._FlowControlMixin, transports.DatagramTransport
+):
     """The transport of a datagram socket; see the module docstring."""
 
     max_size = 256 * 1024  # the largest datagram read at once
@@ -236,11 +239,12 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
         self._paused = False
         self._write_polling = False
         self._sock = sock
+        self._capture_context()
         loop._transports[self._sock_fd] = self
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
+        self._soon(protocol.connection_made, self)
+        self._soon(self._start_reading)
         if waiter is not None:
-            loop.call_soon(self._wake_waiter, waiter)
+            self._soon(self._wake_waiter, waiter)
 
     def __repr__(self):
         info = [type(self).__name__]
@@ -322,7 +326,7 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
             except (BlockingIOError, InterruptedError):
                 self._watch_writable()
             except OSError as exc:
-                self._protocol.error_received(exc)
+                self._in_context(self._protocol.error_received, exc)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -352,7 +356,7 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
                 self._buffer_size += len(data) + _DATAGRAM_HEADER_SIZE
                 break
             except OSError as exc:
-                self._protocol.error_received(exc)
+                self._in_context(self._protocol.error_received, exc)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -367,7 +371,7 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
                 self._call_connection_lost(None)
 
     def _watch_writable(self):
-        self._loop._add_writer(self._sock_fd, self._sendto_ready, owner=self._sock)
+        self._loop._add_writer(self._sock_fd, self._sendto_ready, owner=self._sock, context=self._context)
         self._write_polling = True
 
     def _unwatch_writable(self):
@@ -390,7 +394,7 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
         if not self._buffer:
             self._conn_lost += 1
             self._unwatch_writable()
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._soon(self._call_connection_lost, None)
 
     def abort(self):
         """Closes at once, dropping what is queued."""
@@ -417,7 +421,7 @@ class DatagramSocketTransport(ReadPausing, transports._FlowControlMixin, transpo
             self._closing = True
             self._unwatch_reads()
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
         try:

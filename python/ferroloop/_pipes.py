@@ -51,6 +51,7 @@ from asyncio import constants, transports
 from asyncio.log import logger
 
 from ferroloop._fd import live_fd
+from ferroloop._in_context import InContext
 from ferroloop._reading import ReadPausing
 
 __all__ = ("PipeMixin", "ReadPipeTransport", "WritePipeTransport")
@@ -103,7 +104,7 @@ class PipeMixin:
         return transport, protocol
 
 
-class _PipeTransportBase:
+class _PipeTransportBase(InContext):
     """What the read and write pipe transports share: the pipe, the protocol, the repr, the
     single `connection_lost` and the warning for a transport never closed."""
 
@@ -117,6 +118,7 @@ class _PipeTransportBase:
         self._extra["pipe"] = pipe
         self._loop = loop
         self._protocol = protocol
+        self._capture_context()
         self._closing = False
         self._lost_scheduled = False
         fileno = pipe.fileno()
@@ -130,12 +132,11 @@ class _PipeTransportBase:
         return is_fifo, is_socket
 
     def _schedule_start(self, waiter, start):
-        loop = self._loop
-        loop.call_soon(self._protocol.connection_made, self)
+        self._soon(self._protocol.connection_made, self)
         if start is not None:
-            loop.call_soon(start)
+            self._soon(start)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            self._soon(_set_result_unless_cancelled, waiter, None)
 
     def _is_polling(self):
         """Whether the loop watches the fd for the transport's own direction (for the repr)."""
@@ -177,7 +178,7 @@ class _PipeTransportBase:
     def _schedule_connection_lost(self, exc):
         if not self._lost_scheduled:
             self._lost_scheduled = True
-            self._loop.call_soon(self._call_connection_lost, exc)
+            self._soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
         try:
@@ -221,7 +222,7 @@ class ReadPipeTransport(ReadPausing, _PipeTransportBase, transports.ReadTranspor
             logger.info("%r was closed by peer", self)
         self._closing = True
         self._unwatch_reads()
-        self._loop.call_soon(self._protocol.eof_received)
+        self._soon(self._protocol.eof_received)
         self._schedule_connection_lost(None)
 
     def close(self):
@@ -261,7 +262,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
         """Watches for the reader going away (see the module docstring), once `connection_made`
         has run, unless the transport was closed since."""
         if self._pipe is not None and not self._closing:
-            self._loop._add_reader(self._fileno, self._peer_closed, owner=self._pipe)
+            self._loop._add_reader(self._fileno, self._peer_closed, owner=self._pipe, context=self._context)
             self._watching_peer = True
 
     def _unwatch_peer(self):
@@ -300,7 +301,7 @@ class WritePipeTransport(_PipeTransportBase, transports._FlowControlMixin, trans
                 return
             if sent:
                 data = memoryview(data)[sent:]
-            self._loop._add_writer(self._fileno, self._write_ready, owner=self._pipe)
+            self._loop._add_writer(self._fileno, self._write_ready, owner=self._pipe, context=self._context)
         self._buffer += data
         self._maybe_pause_protocol()
 

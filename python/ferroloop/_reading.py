@@ -1,8 +1,9 @@
 """Pausing and resuming reading for the transports written in Python (the datagram transport
 and a pipe's read end), as the stock transports do it.
 
-A transport using `ReadPausing` has `_loop`, `_closing`, `_paused` and `_read_ready()`, and
-says which fd its reads come from and which object owns it (`_read_source()`). Reading starts
+A transport using `ReadPausing` has `_loop`, `_closing`, `_paused`, `_read_ready()` and the
+Context its callbacks run in (`_context`, see `_in_context.py`), and says which fd its reads come
+from and which object owns it (`_read_source()`). Reading starts
 once `connection_made` has run (`_start_reading`, scheduled by the transport), unless the
 transport was paused or closed since; `_read_polling` says whether its reader is registered.
 Pausing a transport that is closing or already paused does nothing, and so does resuming one that
@@ -21,7 +22,7 @@ class ReadPausing:
 
     def _watch_reads(self):
         fd, owner = self._read_source()
-        self._loop._add_reader(fd, self._read_ready, owner=owner)
+        self._loop._add_reader(fd, self._read_ready, owner=owner, context=self._context)
         self._read_polling = True
 
     def _unwatch_reads(self):

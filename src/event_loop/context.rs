@@ -25,8 +25,10 @@
 //! read through `cpython::context`, which answers `None` where the layout is not vouched for;
 //! every handle then gets its own copy, as in the stock loop.
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use super::flags::Flags;
 use crate::cpython::context::VarsReader;
@@ -36,6 +38,41 @@ use crate::cpython::refcount;
 pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held; returns a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+/// Calls `f` inside the Context `ctx`: how a transport runs the protocol callbacks it makes
+/// synchronously (`pause_writing` from inside a `write`) in the Context it was created in, as
+/// its scheduled ones are. A Context can be entered once at a time: when `ctx` is already
+/// entered (the transport's own read step runs in it, and the protocol wrote from
+/// `data_received`), `f` runs where it is, which is inside `ctx` already.
+pub fn run_in<T>(ctx: &Bound<'_, PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    let py = ctx.py();
+    // SAFETY: the GIL is held and `ctx` is a live object; PyContext_Enter checks that it is a
+    // Context that is not entered, and otherwise sets an exception and returns -1.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
+        let refused = PyErr::fetch(py);
+        if !refused.is_instance_of::<PyRuntimeError>(py) {
+            return Err(refused);
+        }
+        return f();
+    }
+    let result = f();
+    // SAFETY: `ctx` was entered just above, on this thread, and is exited exactly once.
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
+}
+
+/// `_core.run_in_context(ctx, callback, *args)`: `run_in` for the transports written in Python.
+#[pyfunction]
+#[pyo3(signature = (ctx, callback, *args))]
+pub fn run_in_context<'py>(
+    ctx: &Bound<'py, PyAny>,
+    callback: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    run_in(ctx, || callback.call1(args))
 }
 
 fn copy_of(ctx: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {

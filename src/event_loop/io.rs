@@ -190,6 +190,8 @@ impl IoRegistry {
 pub struct Ties<'py> {
     pub owner: Option<Bound<'py, PyAny>>,
     pub pending: Option<Bound<'py, PyAny>>,
+    /// The `contextvars.Context` the handle runs in; `None` for a snapshot of the current one.
+    pub context: Option<Bound<'py, PyAny>>,
 }
 
 impl<'py> Ties<'py> {
@@ -198,6 +200,7 @@ impl<'py> Ties<'py> {
         Ties {
             owner: Some(owner.clone()),
             pending: None,
+            context: None,
         }
     }
 }

@@ -60,15 +60,20 @@ impl LoopCore {
     }
 
     /// Registers a Rust transport's own read (or write) step for `fd`, owned by its socket (see
-    /// `Flags::NATIVE_READ`).
-    pub(crate) fn add_transport_io(
+    /// `Flags::NATIVE_READ`), to run in the transport's `context`.
+    pub(crate) fn add_transport_io<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         fd: RawFd,
         writer: bool,
-        transport: Bound<'_, PyAny>,
-        sock: &Bound<'_, PyAny>,
+        transport: Bound<'py, PyAny>,
+        sock: &Bound<'py, PyAny>,
+        context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<()> {
+        let ties = Ties {
+            context,
+            ..Ties::owned_by(sock)
+        };
         self.register_io(
             py,
             fd,
@@ -76,7 +81,7 @@ impl LoopCore {
             transport,
             CallArgs::Zero,
             IoKind::TransportStep,
-            Ties::owned_by(sock),
+            ties,
         )?;
         Ok(())
     }
@@ -93,14 +98,19 @@ impl LoopCore {
         ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed(py)?;
-        let handle = self.new_handle(py, callback, args, None, None, false, false)?;
+        let Ties {
+            owner,
+            pending,
+            context,
+        } = ties;
+        let handle = self.new_handle(py, callback, args, context, None, false, false)?;
         if kind == IoKind::TransportStep {
             handle.get().mark_transport_step(writer);
         }
         let slot = Slot {
             handle: handle.clone().unbind(),
-            owner: ties.owner.map(Bound::unbind),
-            pending: ties.pending.map(Bound::unbind),
+            owner: owner.map(Bound::unbind),
+            pending: pending.map(Bound::unbind),
         };
         let (replaced, stale) = {
             let mut st = self.state.borrow_mut(py);

@@ -220,8 +220,9 @@ impl LoopCore {
 
     /// The stock loop's private `_add_reader(fd, callback, *args)`: no fd ownership check;
     /// returns the handle. `owner` is the object `fd` came from, `pending` the future of the
-    /// `sock_*` call the reader serves (see `io::Slot`).
-    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None))]
+    /// `sock_*` call the reader serves (see `io::Slot`), `context` the Context the callback runs
+    /// in (a transport's own, see `_transports.py`; a copy of the current one if `None`).
+    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None, context=None))]
     fn _add_reader<'py>(
         slf: &Bound<'py, Self>,
         fd: RawFd,
@@ -229,12 +230,18 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         owner: Option<Bound<'py, PyAny>>,
         pending: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io_tied(slf, fd, false, callback, args, owner, pending)
+        let ties = Ties {
+            owner,
+            pending,
+            context,
+        };
+        Self::add_io_tied(slf, fd, false, callback, args, ties)
     }
 
     /// The stock loop's private `_add_writer`, as `_add_reader`.
-    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None))]
+    #[pyo3(signature = (fd, callback, *args, owner=None, pending=None, context=None))]
     fn _add_writer<'py>(
         slf: &Bound<'py, Self>,
         fd: RawFd,
@@ -242,8 +249,14 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         owner: Option<Bound<'py, PyAny>>,
         pending: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io_tied(slf, fd, true, callback, args, owner, pending)
+        let ties = Ties {
+            owner,
+            pending,
+            context,
+        };
+        Self::add_io_tied(slf, fd, true, callback, args, ties)
     }
 
     /// Removes the reader of `fd`; with `owner`, only one registered with that object.
@@ -395,17 +408,17 @@ impl LoopCore {
         writer: bool,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
-        owner: Option<Bound<'py, PyAny>>,
-        pending: Option<Bound<'py, PyAny>>,
+        ties: Ties<'py>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        if let Some(owner) = owner.as_ref().filter(|o| !o.is_none()) {
+        let ties = Ties {
+            owner: ties.owner.filter(|o| !o.is_none()),
+            pending: ties.pending.filter(|p| !p.is_none()),
+            context: ties.context,
+        };
+        if let Some(owner) = ties.owner.as_ref() {
             close_watch::watch(slf, owner)?;
         }
-        let ties = Ties {
-            owner: owner.filter(|o| !o.is_none()),
-            pending: pending.filter(|p| !p.is_none()),
-        };
         slf.get().add_io(py, fd, writer, callback, args, ties)
     }
 }

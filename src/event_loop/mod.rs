@@ -47,6 +47,7 @@ use pyo3::prelude::*;
 use pyo3::PyTypeInfo;
 
 pub(crate) use args::CallArgs;
+pub(crate) use context::{copy_current, run_in};
 pub use handle::{Handle, TimerHandle};
 pub(crate) use io::{Ties, Which};
 pub use state::LoopCore;
@@ -61,6 +62,7 @@ pub fn install(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<close_watch::IoRefs>()?;
     module.add_class::<tracer::Tracer>()?;
     module.add_function(wrap_pyfunction!(tracer::_trace_session, module)?)?;
+    module.add_function(wrap_pyfunction!(context::run_in_context, module)?)?;
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_start, module)?)?;
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_next, module)?)?;
     module.add_function(wrap_pyfunction!(watchdog::_watchdog_still, module)?)?;

@@ -20,7 +20,7 @@ use crate::core::buffer::WriteBuffer;
 use crate::cpython;
 use crate::cpython::gil::GilCell;
 use crate::event_loop::close_watch;
-use crate::event_loop::{CallArgs, LoopCore};
+use crate::event_loop::{copy_current, CallArgs, LoopCore};
 
 use crate::cpython::method_cache::ReadMethods;
 
@@ -250,6 +250,7 @@ impl StreamTransport {
                     low_water: DEFAULT_HIGH_WATER / 4,
                     empty_waiter: None,
                     read_guess: 0,
+                    context: Some(copy_current(py)?),
                 }),
                 methods: ReadMethods::default(),
             },

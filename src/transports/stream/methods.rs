@@ -208,6 +208,13 @@ impl StreamTransport {
         self.fd
     }
 
+    /// The Context the protocol's callbacks run in (`State::context`), for the TLS layer above
+    /// (`_tls.py`) to run the application protocol's in.
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py).map(Bound::unbind)
+    }
+
     /// The stock transport's read step as chosen for the protocol (its `_read_ready`), which
     /// tests of the stock transport look at.
     #[getter]
@@ -251,6 +258,7 @@ impl StreamTransport {
         visit.call(&st.extra)?;
         visit.call(&st.server)?;
         visit.call(&st.empty_waiter)?;
+        visit.call(&st.context)?;
         self.methods.visit(&visit)?;
         Ok(())
     }
@@ -265,6 +273,7 @@ impl StreamTransport {
                     st.protocol.take(),
                     st.server.take(),
                     st.empty_waiter.take(),
+                    st.context.take(),
                 )
             };
             drop(garbage);

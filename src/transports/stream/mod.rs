@@ -21,6 +21,13 @@
 //!   mode) and reaches `connection_lost(exc)`; any other exception from the protocol goes to the
 //!   loop's exception handler first. `SystemExit` and `KeyboardInterrupt` propagate.
 //!
+//! - Context (better than stock, as uvloop): every protocol callback runs in one
+//!   `contextvars.Context`, a copy of the one the transport was created in: the scheduled ones
+//!   (`connection_made`, `connection_lost`), the read and write steps (`data_received`,
+//!   `eof_received`, `resume_writing`), and `pause_writing`/`resume_writing` called from inside
+//!   another task's `write` (`event_loop::run_in`). The stock transport runs them in whichever
+//!   Context scheduled them (the task that called `close()` or `resume_reading()`).
+//!
 //! The transport's read and write steps (`_read_ready`, `_write_ready`) are the fd's reader and
 //! writer, so they run in the ready queue in the stock loop's order; the handle holds the
 //! transport itself and the loop calls the step straight from Rust (`run_step`, given to the loop through `event_loop::transport_step`).

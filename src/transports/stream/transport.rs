@@ -57,6 +57,9 @@ pub(super) struct State {
     pub(super) empty_waiter: Option<Py<PyAny>>,
     /// The size to allocate for the next plain read (see `recv_bytes_guessing`).
     pub(super) read_guess: usize,
+    /// The `contextvars.Context` every protocol callback runs in: a copy of the one the
+    /// transport was created in (see the module doc). `None` only once `__clear__` broke a cycle.
+    pub(super) context: Option<Py<PyAny>>,
 }
 
 /// From 3.13, `dict`: an instance `__dict__`, unallocated unless someone sets an attribute, as
@@ -104,9 +107,20 @@ impl StreamTransport {
         args: CallArgs<'py>,
     ) -> PyResult<()> {
         if let Some(lp) = self.event_loop(py) {
-            lp.get().soon(py, "call_soon", true, callback, args, None)?;
+            let context = self.context(py);
+            lp.get()
+                .soon(py, "call_soon", true, callback, args, context)?;
         }
         Ok(())
+    }
+
+    /// The transport's Context (see `State::context`).
+    pub(super) fn context<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state
+            .borrow(py)
+            .context
+            .as_ref()
+            .map(|c| c.bind(py).clone())
     }
 
     /// Starts (`on`) or stops watching the fd for reading or writing. The transport itself is
@@ -121,8 +135,9 @@ impl StreamTransport {
             return Ok(());
         };
         if on {
+            let context = this.context(py);
             lp.get()
-                .add_transport_io(py, this.fd, writer, slf.clone().into_any(), owner)
+                .add_transport_io(py, this.fd, writer, slf.clone().into_any(), owner, context)
         } else {
             lp.get()
                 .remove_io(py, this.fd, writer, Which::Owner(owner))

@@ -12,7 +12,7 @@ use pyo3::types::{PyByteArray, PyBytes};
 use super::transport::{is_exit, logger, StreamTransport};
 use crate::core::sys;
 use crate::errors::retry_eintr;
-use crate::event_loop::LoopCore;
+use crate::event_loop::{run_in, LoopCore};
 
 /// Writes after the connection is lost are counted; from this many on, each logs a warning
 /// (the stock `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
@@ -88,12 +88,17 @@ impl Drop for BufferView {
 }
 
 impl StreamTransport {
-    /// Calls a flow-control method of the protocol; its failure goes to the exception handler.
+    /// Calls a flow-control method of the protocol, in the transport's Context (it runs inside
+    /// whichever `write` crossed the high-water mark); its failure goes to the exception handler.
     pub(super) fn call_flow_control(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
         let Some(protocol) = Self::protocol_of(slf) else {
             return Ok(());
         };
-        if let Err(err) = protocol.call_method0(method) {
+        let called = match slf.get().context(slf.py()) {
+            Some(ctx) => run_in(&ctx, || protocol.call_method0(method)),
+            None => protocol.call_method0(method),
+        };
+        if let Err(err) = called {
             if is_exit(slf.py(), &err) {
                 return Err(err);
             }
