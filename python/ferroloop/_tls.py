@@ -24,6 +24,9 @@ Where the stock TLS close goes wrong, `_SSLProtocol` does what uvloop does (the 
   until `start_tls()` has returned: the stock protocol hands it to the application protocol at
   once, before the caller has the new transport, so a protocol answering from `data_received`
   answered on the plain transport.
+- The TLS transport counts as closing once the transport underneath is (gh-118950, in the stock
+  loop from 3.12.4): on 3.11, a writer whose peer reset the connection otherwise looped on
+  `write()` and `drain()` for ever, `drain()` never yielding to let `connection_lost` run.
 - The application protocol's callbacks run in the Context of the transport underneath
   (`_in_context.py`), also `pause_writing`/`resume_writing` from inside a `write()` and the
   reads that `resume_reading()` schedules.
@@ -63,6 +66,13 @@ def _ssl_protocol(
         ssl_shutdown_timeout=shutdown_timeout,
     )
 
+class _AppTransport(sslproto._SSLProtocolTransport):
+    """The transport the application protocol sees."""
+
+    def is_closing(self):
+        return self._closed or self._ssl_protocol._is_transport_closing()
+
+
 class _SSLProtocol(sslproto.SSLProtocol):
     """asyncio's TLS protocol, with the close and `start_tls` fixes of the module docstring."""
 
@@ -76,6 +86,17 @@ class _SSLProtocol(sslproto.SSLProtocol):
     def connection_made(self, transport):
         self._transport_context = getattr(transport, "_context", None)
         super().connection_made(transport)
+
+    def _get_app_transport(self):
+        if self._app_transport is None:
+            if self._app_transport_created:
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            self._app_transport = _AppTransport(self._loop, self)
+            self._app_transport_created = True
+        return self._app_transport
+
+    def _is_transport_closing(self):
+        return self._transport is not None and self._transport.is_closing()
 
     def _in_transport_context(self, method):
         if self._transport_context is None:
