@@ -6,6 +6,7 @@ import faulthandler
 import gc
 import os
 import socket
+import sys
 
 import pytest
 
@@ -22,6 +23,11 @@ _hang_report = None
 
 def pytest_configure(config):
     global _hang_report, _live_failures
+    config.addinivalue_line(
+        "markers",
+        "nodebug: asserts what a loop does outside asyncio's debug mode; under `python -X dev`, "
+        "which turns debug mode on, the loops such a test makes start with it off",
+    )
     if config.getoption("--live-failures"):
         _live_failures = config.pluginmanager
     _hang_report = os.fdopen(os.dup(2), "w")
@@ -60,6 +66,14 @@ def _hang_guard():
     faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True, file=_hang_report)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def _debug_mode_off_for_nodebug_tests(request, monkeypatch):
+    """Under `-X dev` (scripts/test's memory-check run), a test marked `nodebug` gets loops
+    with debug mode off, as both loops read it from `asyncio.coroutines._is_debug_mode()`."""
+    if sys.flags.dev_mode and request.node.get_closest_marker("nodebug"):
+        monkeypatch.setattr(asyncio.coroutines, "_is_debug_mode", lambda: False)
 
 
 def _stock_loop():

@@ -246,6 +246,7 @@ def test_call_later_zero_returns_timer_handle(loop):
 # --- callbacks that are not callables --------------------------------------------------------
 
 
+@pytest.mark.nodebug
 @pytest.mark.parametrize("method", CALLBACK_METHODS)
 def test_non_callable_callback_is_logged_when_run(loop, method):
     contexts = capture_exception_contexts(loop)
@@ -315,6 +316,7 @@ def test_run_in_executor_coroutine_function_in_debug_mode_raises(loop):
         loop.run_in_executor(None, sample_coro)
 
 
+@pytest.mark.nodebug
 @pytest.mark.parametrize("method", CALLBACK_METHODS)
 def test_coroutine_object_callback_is_logged_when_run(loop, method):
     contexts = capture_exception_contexts(loop)
@@ -335,6 +337,7 @@ def test_coroutine_object_callback_is_logged_when_run(loop, method):
     assert never_awaited(caught) == []
 
 
+@pytest.mark.nodebug
 @pytest.mark.parametrize("method", CALLBACK_METHODS)
 def test_coroutine_function_callback_is_called_and_result_dropped(loop, method):
     # Without debug mode the function is simply called; the coroutine it returns is thrown away

@@ -554,6 +554,7 @@ class TestConnectAcceptedSocket:
 class TestReliability:
     CYCLES = 20_000
 
+    @pytest.mark.nodebug
     def test_connect_close_cycles_leak_no_fds(self, loop):
         """Many connect/close cycles through a server leave the process's fd count flat."""
 

@@ -208,6 +208,7 @@ class TestThreadCheck:
 
 
 class TestSourceTraceback:
+    @pytest.mark.nodebug
     def test_no_source_traceback_without_debug(self, loop):
         h = loop.call_soon(lambda: None)
         assert getattr(h, "_source_traceback", None) is None
@@ -293,6 +294,7 @@ class TestSourceTraceback:
         tb = ctx["source_traceback"]
         assert (tb[-1][0], tb[-1][1]) == (__file__, line)
 
+    @pytest.mark.nodebug
     def test_exception_context_has_no_source_traceback_without_debug(self, loop):
         contexts = []
         loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -304,6 +306,7 @@ class TestSourceTraceback:
 
 
 class TestDefaultExceptionHandler:
+    @pytest.mark.nodebug
     def test_failing_callback_logged_at_error(self, loop, caplog):
         with caplog.at_level(logging.ERROR, logger="asyncio"):
             loop.call_soon(failing_callback)

@@ -104,6 +104,7 @@ class TestGetaddrinfoDebugLogging:
         assert timed[0].levelno == logging.INFO
         assert f"family={socket.AF_INET!r}" in timed[0].getMessage()
 
+    @pytest.mark.nodebug
     def test_nothing_logged_outside_debug_mode(self, loop, caplog):
         with caplog.at_level(logging.DEBUG, logger="asyncio"):
             run(loop, loop.getaddrinfo("localhost", 80))

@@ -3,6 +3,8 @@ and Task look them up on every callback and future). Overrides and patches must 
 
 import asyncio
 
+import pytest
+
 import ferroloop
 
 
@@ -59,6 +61,7 @@ def test_instance_patch_of_call_soon_is_used_by_tasks():
         loop.close()
 
 
+@pytest.mark.nodebug
 def test_plain_loop_reuses_one_bound_method():
     loop = ferroloop.new_event_loop()
     try:

@@ -433,6 +433,7 @@ class TestRepr:
         assert f" at {code.co_filename}:{code.co_firstlineno}" in r
         h.cancel()
 
+    @pytest.mark.nodebug
     def test_handle_repr_after_cancel(self, loop):
         h = loop.call_soon(cb, 1)
         h.cancel()
@@ -446,11 +447,13 @@ class TestRepr:
         assert r.endswith(">")
         h.cancel()
 
+    @pytest.mark.nodebug
     def test_timer_handle_repr_after_cancel(self, loop):
         h = loop.call_later(10, cb)
         h.cancel()
         assert repr(h) == f"<TimerHandle cancelled when={h.when()}>"
 
+    @pytest.mark.nodebug
     def test_handle_repr_of_builtin_callback_has_no_source(self, loop):
         h = loop.call_soon(print)
         assert repr(h) == "<Handle print()>"

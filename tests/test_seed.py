@@ -82,6 +82,7 @@ class TestSeedScript:
         for seconds in took:
             assert SLEEP - 0.05 <= seconds < 1.5 * SLEEP + 0.25, proc.stderr
 
+    @pytest.mark.nodebug
     def test_mistakes(self, how):
         proc = run_seed(how, "--mistakes")
         assert proc.returncode == 0, proc.stderr
@@ -201,6 +202,7 @@ def stock_gather_mistake():
 
 
 class TestMistakesInProcess:
+    @pytest.mark.nodebug
     def test_run_given_gather_future_raises_the_stock_error(self, loop):
         stock = _gather_mistake(asyncio.run, loop)
         ferro = _gather_mistake(ferroloop.run, loop)

@@ -488,6 +488,7 @@ class TestAcceptLoop:
         assert context["message"] == "Error on transport creation for incoming connection"
         assert isinstance(context["exception"], ZeroDivisionError)
 
+    @pytest.mark.nodebug
     def test_out_of_file_descriptors_pauses_accepting(self, loop, conns):
         """EMFILE on accept(): reported to the exception handler, the listening socket rests
         ACCEPT_RETRY_DELAY (1 s), then the waiting connection is accepted."""

@@ -684,6 +684,7 @@ class TestChecks:
         finally:
             sock.close()
 
+    @pytest.mark.nodebug
     def test_blocking_socket_used_outside_debug_mode(self, loop):
         a, b = socket.socketpair()
         try:

@@ -155,6 +155,7 @@ def test_percentile_reads_bucket_edges():
         hist.percentile(101)
 
 
+@pytest.mark.nodebug
 def test_slow_callbacks_are_counted_without_debug(ferro_loop):
     loop = ferro_loop
     assert not loop.get_debug()

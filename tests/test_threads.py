@@ -77,6 +77,7 @@ class TestCallSoonThreadsafe:
         for k in range(n_threads):
             assert [i for kk, i in got if kk == k] == list(range(per_thread))
 
+    @pytest.mark.nodebug
     def test_no_wake_is_lost_while_threads_keep_waking_the_loop(self, loop):
         # Two threads call call_soon_threadsafe without pause while the loop, between their
         # callbacks, waits with no timer due, so wakes keep landing while the loop clears the

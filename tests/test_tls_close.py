@@ -165,7 +165,11 @@ def test_close_after_end_of_stream_with_reading_paused(ferro_loop):
         server, address = await tls_server(protocols, on_made=lambda p: p.transport.pause_reading())
         async with server:
             peer = InThread(address, client)
-            await _until(lambda: protocols and protocols[0].transport._ssl_protocol._eof_received)
+            await _until(
+                lambda: protocols
+                and protocols[0].transport is not None
+                and protocols[0].transport._ssl_protocol._eof_received
+            )
             (protocol,) = protocols
             protocol.transport.close()
             exc = await asyncio.wait_for(protocol.lost, WAIT)

@@ -65,7 +65,7 @@ mod tests {
         let mut buf = WriteBuffer::default();
         let mut expected = Vec::new();
         let mut sent = Vec::new();
-        for round in 0..1000u32 {
+        for round in 0..crate::core::test_steps(1000) {
             let chunk: Vec<u8> = (0..(round % 97)).map(|i| (i + round) as u8).collect();
             buf.push(&chunk);
             expected.extend_from_slice(&chunk);

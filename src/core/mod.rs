@@ -17,3 +17,15 @@ pub mod ticks;
 pub mod timers;
 pub mod trace_ring;
 pub mod watchdog;
+
+/// How many steps a randomized or repeated test takes: `n`, or a fiftieth of it (at least 20)
+/// under Miri, which interprets each step some thousand times slower. Enough either way to go
+/// through every branch the test drives.
+#[cfg(test)]
+pub(crate) fn test_steps(n: u32) -> u32 {
+    if cfg!(miri) {
+        (n / 50).max(20)
+    } else {
+        n
+    }
+}

@@ -215,7 +215,7 @@ mod tests {
         };
         let mut q = ReadyQueue::new();
         let mut model: std::collections::VecDeque<(u32, Option<u64>)> = Default::default();
-        for step in 0..20_000u32 {
+        for step in 0..crate::core::test_steps(20_000) {
             let tick = u64::from(step) + 1;
             match next(10) {
                 0..=3 => {

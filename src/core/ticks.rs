@@ -35,19 +35,21 @@ static SOURCE: OnceLock<Source> = OnceLock::new();
 
 const CALIBRATION_NS: u64 = 200_000;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn tsc() -> u64 {
     // SAFETY: RDTSC exists on every x86-64 CPU and only reads a counter.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// Elsewhere, and under Miri (which cannot read the TSC), ticks are the monotonic clock's
+/// nanoseconds, as where the kernel's clock source is not the TSC.
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
 fn tsc() -> u64 {
     monotonic_ns()
 }
 
 fn kernel_trusts_tsc() -> bool {
-    cfg!(target_arch = "x86_64")
+    cfg!(all(target_arch = "x86_64", not(miri)))
         && std::fs::read_to_string(
             "/sys/devices/system/clocksource/clocksource0/current_clocksource",
         )

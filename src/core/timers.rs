@@ -180,13 +180,14 @@ mod tests {
     #[test]
     fn equal_deadlines_in_scheduling_order() {
         let mut q = TimerQueue::new();
-        for i in 0..1000 {
+        let n = crate::core::test_steps(1000);
+        for i in 0..n {
             q.push(5.0, i);
         }
         q.push(1.0, 9999);
         let order = drain_due(&mut q, 5.0);
         assert_eq!(order[0], 9999);
-        assert_eq!(&order[1..], (0..1000).collect::<Vec<_>>().as_slice());
+        assert_eq!(&order[1..], (0..n).collect::<Vec<_>>().as_slice());
     }
 
     #[test]
@@ -237,7 +238,7 @@ mod tests {
         let mut q = TimerQueue::new();
         let mut model: Vec<(f64, u64)> = Vec::new();
         let mut seq = 0u64;
-        for round in 0..20_000u64 {
+        for round in 0..u64::from(crate::core::test_steps(20_000)) {
             match next() % 7 {
                 0..=3 => {
                     // Few distinct deadlines, so ties are common.

@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_large_ring_keeps_its_events() {
-        let capacity = (4 << 20) / 32;
+        let capacity = crate::core::test_steps((4 << 20) / 32) as usize;
         let mut ring = TraceRing::new(capacity, 0);
         for t in 0..(capacity as u64 + 10) {
             ring.push(ev(t));

@@ -217,6 +217,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn time_out_never_early() {
         let poller = Poller::new().unwrap();
         for micros in [100u64, 1500, 20_000] {
@@ -265,6 +266,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn a_short_wait_ended_by_an_event_opens_the_window() {
         let poller = Poller::new().unwrap();
         poller.set_spin_limit(Duration::from_millis(100));
@@ -274,6 +276,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn an_event_during_the_spin_ends_the_wait() {
         // 10 µs doubled 13 times: a wait that blocked would double it again, to 163.84 ms.
         let window = Duration::from_micros(81_920);
@@ -284,6 +287,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn a_time_out_inside_the_window_is_kept_and_closes_it() {
         let poller = spinning_poller(Duration::from_millis(200), Duration::from_micros(163_840));
         wait_out(&poller, Duration::from_millis(30));
@@ -291,6 +295,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn a_time_out_past_the_window_blocks_only_for_the_rest() {
         let poller = spinning_poller(Duration::from_millis(300), Duration::from_micros(163_840));
         let took = wait_out(&poller, Duration::from_millis(400));
@@ -300,6 +305,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn a_wait_longer_than_the_limit_closes_the_window() {
         let poller = spinning_poller(Duration::from_millis(20), Duration::from_millis(20));
         let events = wait_for_late_byte(&poller, Duration::from_millis(60));
@@ -308,6 +314,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn readable_is_level_triggered() {
         let poller = Poller::new().unwrap();
         let (a, b) = socketpair();
@@ -326,6 +333,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn oneshot_reports_once_until_rearmed() {
         let poller = Poller::new().unwrap();
         let (a, b) = socketpair();
@@ -347,6 +355,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn reregister_of_a_closed_fds_number_fails_with_enoent() {
         let poller = Poller::new().unwrap();
         let (a, _b) = socketpair();
@@ -371,6 +380,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn reader_and_writer_on_one_fd() {
         let poller = Poller::new().unwrap();
         let (a, b) = socketpair();
@@ -388,6 +398,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn hang_up_reports_both_directions() {
         let poller = Poller::new().unwrap();
         let (a, b) = socketpair();
@@ -401,6 +412,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn waker_ends_an_endless_wait_from_another_thread() {
         let poller = Poller::new().unwrap();
         let waker = poller.waker();
@@ -424,6 +436,7 @@ mod tests {
     /// The wakers never stop waking, so every wait must end well before its time-out; a lost wake
     /// (a pending flag left set with the counter drained) would suppress all later ones.
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn wakes_racing_with_reset_are_never_lost() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let poller = Poller::new().unwrap();
@@ -462,6 +475,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn wakes_coalesce() {
         let poller = Poller::new().unwrap();
         let waker = poller.waker();
@@ -478,6 +492,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's epoll is edge-triggered only")]
     fn bad_fd_is_an_error_not_a_panic() {
         let poller = Poller::new().unwrap();
         let err = poller.register(-1, 1, Interest::READABLE).unwrap_err();
