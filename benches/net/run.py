@@ -146,14 +146,22 @@ def compile_bytecode(loops):
     for loop in loops:
         if loop == "asyncio":
             continue
-        code = f"import compileall, {loop}, os; compileall.compile_dir(os.path.dirname({loop}.__file__), quiet=1)"
+        module = importing(loop)
+        code = f"{module}; import compileall, os; compileall.compile_dir(os.path.dirname({module.split()[-1]}.__file__), quiet=1)"
         subprocess.run([sys.executable, "-c", code], capture_output=True)
+
+
+def importing(loop):
+    """The statement that imports `loop`'s module as `server.py` does."""
+    if loop == "ferroloop-other":
+        return "import os, sys; sys.path.insert(0, os.environ['FERROLOOP_OTHER_SITE']); import ferroloop"
+    return f"import {loop}"
 
 
 def available(loops):
     ok = []
     for loop in loops:
-        probe = "import asyncio" if loop == "asyncio" else f"import {loop}"
+        probe = "import asyncio" if loop == "asyncio" else importing(loop)
         if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
             ok.append(loop)
         else:

@@ -2,7 +2,8 @@
 
     python benches/net/server.py LOOP MODE
 
-LOOP is asyncio, uvloop, rloop, zuvloop or ferroloop; MODE one of
+LOOP is asyncio, uvloop, rloop, zuvloop, ferroloop or ferroloop-other (another build, from
+$FERROLOOP_OTHER_SITE); MODE one of
   sock      echo with loop.sock_accept / sock_recv / sock_sendall
   streams   echo with asyncio.start_server, StreamReader.read and StreamWriter.write + drain
   protocol  echo with an asyncio.Protocol writing back what data_received got
@@ -13,6 +14,7 @@ It listens on 127.0.0.1 on a free port, prints `READY <port>` and serves until S
 """
 
 import asyncio
+import os
 import signal
 import socket
 import struct
@@ -27,6 +29,11 @@ HTTP_RESPONSE = (
 def make_loop(name):
     if name == "asyncio":
         return asyncio.SelectorEventLoop()
+    if name == "ferroloop-other":
+        # Another build of ferroloop (the one before a change), installed with
+        # `pip install --target DIR`: FERROLOOP_OTHER_SITE=DIR, as for benches/run.py.
+        sys.path.insert(0, os.environ["FERROLOOP_OTHER_SITE"])
+        name = "ferroloop"
     module = __import__(name)
     return module.new_event_loop()
 
