@@ -24,7 +24,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyInt};
 use pyo3::PyTraverseError;
 
 use crate::core::sys;
@@ -333,15 +333,24 @@ impl SockWaiter {
 }
 
 /// `sock_recv`'s first step: the bytes if they are there now, else a future for them, or
-/// `NotImplemented` when `sock` is not a plain socket (the caller then goes the stock way).
+/// `NotImplemented` when `sock` is not a plain socket or `n` not a positive int that fits a
+/// `ssize_t`: the caller then goes the stock way, whose `sock.recv(n)` gives b"" for 0 and the
+/// socket's own errors for the rest.
 #[pyfunction]
 pub fn sock_recv_start<'py>(
     event_loop: &Bound<'py, LoopCore>,
     sock: &Bound<'py, PyAny>,
-    n: isize,
+    n: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
-    let (Some(fd), Ok(n)) = (plain_socket_fd(event_loop, sock)?, usize::try_from(n)) else {
+    let size = match n.cast_exact::<PyInt>() {
+        Ok(int) => int.extract::<isize>().ok().filter(|&n| n > 0),
+        Err(_) => None,
+    };
+    let Some(n) = size.map(|n| n as usize) else {
+        return Ok(py.NotImplemented().into_bound(py));
+    };
+    let Some(fd) = plain_socket_fd(event_loop, sock)? else {
         return Ok(py.NotImplemented().into_bound(py));
     };
     let stream = is_stream(sock)?;
@@ -352,7 +361,8 @@ pub fn sock_recv_start<'py>(
 }
 
 /// `sock_sendall`'s first step: `None` if everything was sent now, else a future done when the
-/// rest is, or `NotImplemented` (see `sock_recv_start`; also for data that is not `bytes`).
+/// rest is, or `NotImplemented` (see `sock_recv_start`; also for data that is not `bytes`, and
+/// for no bytes at all, which the stock loop still sends: an error on a closed socket).
 #[pyfunction]
 pub fn sock_sendall_start<'py>(
     event_loop: &Bound<'py, LoopCore>,
@@ -360,7 +370,11 @@ pub fn sock_sendall_start<'py>(
     data: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
-    let (Some(fd), Ok(bytes)) = (plain_socket_fd(event_loop, sock)?, data.cast::<PyBytes>()) else {
+    let bytes = match data.cast::<PyBytes>() {
+        Ok(bytes) if !bytes.as_bytes().is_empty() => bytes,
+        _ => return Ok(py.NotImplemented().into_bound(py)),
+    };
+    let Some(fd) = plain_socket_fd(event_loop, sock)? else {
         return Ok(py.NotImplemented().into_bound(py));
     };
     let sent = send_now(py, fd, bytes.as_bytes(), 0)?;

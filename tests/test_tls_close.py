@@ -17,7 +17,7 @@ import socket
 import ssl
 
 import pytest
-from tls_certs import server_context
+from tls_certs import client_context, server_context
 from tls_client import BioClient, InThread
 from util import run
 
@@ -232,3 +232,17 @@ async def _until(condition):
             return
         await asyncio.sleep(0.01)
     pytest.fail("the condition never held")
+
+
+def test_the_tls_transport_has_the_stock_class_name(loop):
+    # Code tells a TLS transport by its class name (CPython's own tests look for "ssl" in it).
+    async def main():
+        server, (host, port) = await tls_server([])
+        async with server:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol, host, port, ssl=client_context(), server_hostname="localhost"
+            )
+            transport.close()
+            return type(transport).__name__
+
+    assert run(loop, main()) == "_SSLProtocolTransport"

@@ -16,6 +16,19 @@ def fileobj_to_fd(fileobj):
     return fd
 
 
+# The largest number epoll takes: the stock selector's `epoll.register` converts to a C int.
+C_INT_MAX = 2**31 - 1
+
+
+def registrable_fd(fileobj):
+    """`fileobj_to_fd` for a registration: a number beyond a C int fails as the stock selector's
+    `register` does."""
+    fd = fileobj_to_fd(fileobj)
+    if fd > C_INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return fd
+
+
 
 def live_fd(owner, fd):
     """`fd` while `owner` (the file object or socket it came from) still holds it, else -1, on

@@ -31,7 +31,7 @@ from asyncio import constants, coroutines, events, futures, tasks, timeouts
 from asyncio.log import logger
 
 from ferroloop import _core, _hooks, _watchdog
-from ferroloop._fd import fileobj_to_fd
+from ferroloop._fd import C_INT_MAX, fileobj_to_fd, registrable_fd
 from ferroloop._net import NetMixin
 from ferroloop._resolver import ResolverMixin
 from ferroloop._signals import SignalMixin
@@ -463,25 +463,31 @@ class Loop(_core.LoopCore, SockMixin, ResolverMixin, NetMixin, SignalMixin, even
         given for `fd` owns the registration: closing a socket given so drops it first."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_reader(fileobj_to_fd(fd), callback, *args, owner=_owner(fd))
+        self._add_reader(registrable_fd(fd), callback, *args, owner=_owner(fd))
 
     def remove_reader(self, fd):
         self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
-        return self._remove_reader(fileobj_to_fd(fd))
+        fd = fileobj_to_fd(fd)
+        if fd > C_INT_MAX:
+            return False  # never registered, as the stock selector answers
+        return self._remove_reader(fd)
 
     def add_writer(self, fd, callback, *args):
         """Calls `callback(*args)` on every iteration while `fd` is writable."""
         self._ensure_fd_no_transport(fd)
         self._check_closed()
-        self._add_writer(fileobj_to_fd(fd), callback, *args, owner=_owner(fd))
+        self._add_writer(registrable_fd(fd), callback, *args, owner=_owner(fd))
 
     def remove_writer(self, fd):
         self._ensure_fd_no_transport(fd)
         if self.is_closed():
             return False
-        return self._remove_writer(fileobj_to_fd(fd))
+        fd = fileobj_to_fd(fd)
+        if fd > C_INT_MAX:
+            return False  # never registered, as the stock selector answers
+        return self._remove_writer(fd)
 
     # -- transports ------------------------------------------------------------------------
 

@@ -246,6 +246,7 @@ class SockMixin:
         """Accepts a connection on the listening `sock`; returns (conn, address), `conn`
         non-blocking."""
         self._check_sock(sock)
+        sock.fileno()  # the stock loop asks for it before accepting: the same error for a non-socket
         conn, address = await self._now_or_when_ready(sock, self._wait_readable, "accept")
         conn.setblocking(False)
         return conn, address

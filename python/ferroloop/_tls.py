@@ -66,8 +66,9 @@ def _ssl_protocol(
         ssl_shutdown_timeout=shutdown_timeout,
     )
 
-class _AppTransport(sslproto._SSLProtocolTransport):
-    """The transport the application protocol sees."""
+class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
+    """The transport the application protocol sees, named as the stock one (code looks for "ssl"
+    in its class name)."""
 
     def is_closing(self):
         return self._closed or self._ssl_protocol._is_transport_closing()
@@ -91,7 +92,7 @@ class _SSLProtocol(sslproto.SSLProtocol):
         if self._app_transport is None:
             if self._app_transport_created:
                 raise RuntimeError("Creating _SSLProtocolTransport twice")
-            self._app_transport = _AppTransport(self._loop, self)
+            self._app_transport = _SSLProtocolTransport(self._loop, self)
             self._app_transport_created = True
         return self._app_transport
 
