@@ -12,6 +12,23 @@ use super::state::LoopCore;
 static FUTURE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// Names the task a factory made with the stock `asyncio.tasks._set_task_name` of 3.11 and 3.12:
+/// a task without `set_name` gets its `DeprecationWarning` and stays unnamed.
+#[cfg(not(Py_3_13))]
+fn name_task(task: &Bound<'_, PyAny>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    py.import(intern!(py, "asyncio.tasks"))?
+        .call_method1(intern!(py, "_set_task_name"), (task, name))
+        .map(drop)
+}
+
+/// Names the task a factory made, as `create_task` of 3.13 does.
+#[cfg(all(Py_3_13, not(Py_3_14)))]
+fn name_task(task: &Bound<'_, PyAny>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+    task.call_method1(intern!(task.py(), "set_name"), (name,))
+        .map(drop)
+}
+
 impl LoopCore {
     /// The shared `{"loop": self}` (see `LoopState::loop_kwargs`).
     pub(super) fn loop_kwargs<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
@@ -54,7 +71,7 @@ impl LoopCore {
             }
             let task = factory.call((slf, coro), Some(&kw))?;
             if let Some(name) = name.filter(|n| !n.is_none()) {
-                task.call_method1(intern!(py, "set_name"), (name,))?;
+                name_task(&task, &name)?;
             }
             Ok(task)
         }
