@@ -118,6 +118,18 @@ def ferro_loop():
         lp.close()
 
 
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix stream sockets, closed after the test (a module may
+    define its own `pair`)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
 def _ipv6_loopback():
     if not socket.has_ipv6:
         return False

@@ -36,16 +36,6 @@ def run(loop, awaitable):
     return loop.run_until_complete(asyncio.wait_for(awaitable, WAIT))
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def differs(loop):
     """Whether `loop` is ferroloop, in a test of a documented difference."""
     return not isinstance(loop, asyncio.SelectorEventLoop)

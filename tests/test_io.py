@@ -6,21 +6,10 @@ selectors._fileobj_to_fd, base_events.BaseEventLoop._run_once)."""
 
 import errno
 import os
-import socket
 
 import pytest
 
 HANG_GUARD = 10.0
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def run_once(loop):
