@@ -87,15 +87,23 @@ async def other(fn, *args):
     return await in_context("other", call)
 
 
-def drain_socket(sock, until=None):
-    """Reads from the blocking `sock` until `until` bytes came, or to the end."""
-    total = 0
-    while until is None or total < until:
-        chunk = sock.recv(1 << 20)
+def read_exactly(read, size):
+    """Calls the blocking `read(n)` (a socket's `recv`, a file's `read`) until `size` bytes came."""
+    while size > 0:
+        chunk = read(min(size, 1 << 20))
         if not chunk:
-            break
-        total += len(chunk)
-    return total
+            raise EOFError(f"{size} bytes short")
+        size -= len(chunk)
+
+
+async def pause_and_resume_writing(protocol, transport, size, read):
+    """Another task writes `size` bytes past a small high-water mark: pause_writing; then the
+    peer reads them all (`read`, as for `read_exactly`): resume_writing."""
+    transport.set_write_buffer_limits(high=1024)
+    await other(transport.write, b"y" * size)
+    await protocol.wait("pause_writing")
+    await asyncio.get_running_loop().run_in_executor(None, read_exactly, read, size)
+    await protocol.wait("resume_writing")
 
 
 def test_stream_callbacks_run_in_the_transport_context(ferro_loop):
@@ -116,12 +124,7 @@ def test_stream_callbacks_run_in_the_transport_context(ferro_loop):
             await other(transport.resume_reading)
             await protocol.wait("data_received")
             # pause_writing from another task's write(), resume_writing once the peer reads
-            transport.set_write_buffer_limits(high=1024)
-            size = 8 << 20
-            await other(transport.write, b"y" * size)
-            await protocol.wait("pause_writing")
-            await loop.run_in_executor(None, drain_socket, peer, size)
-            await protocol.wait("resume_writing")
+            await pause_and_resume_writing(protocol, transport, 8 << 20, peer.recv)
             # eof_received, then connection_lost after another task's close()
             peer.shutdown(socket.SHUT_WR)
             await protocol.wait("eof_received")
@@ -254,12 +257,7 @@ def test_pipe_callbacks_run_in_the_transport_context(ferro_loop):
                 "conn", loop.connect_write_pipe, Seen, os.fdopen(write_fd, "wb", buffering=0)
             )
             await protocol.wait("connection_made")
-            transport.set_write_buffer_limits(high=1024)
-            size = 1 << 20
-            await other(transport.write, b"z" * size)
-            await protocol.wait("pause_writing")
-            await loop.run_in_executor(None, _read_exactly, reader, size)
-            await protocol.wait("resume_writing")
+            await pause_and_resume_writing(protocol, transport, 1 << 20, reader.read)
             await other(transport.close)
             await protocol.wait("connection_lost")
         finally:
@@ -274,8 +272,3 @@ def test_pipe_callbacks_run_in_the_transport_context(ferro_loop):
         "connection_lost",
     ]
     assert protocol.values() == {"conn"}
-
-
-def _read_exactly(reader, size):
-    while size > 0:
-        size -= len(reader.read(size))
