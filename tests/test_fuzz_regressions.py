@@ -328,6 +328,7 @@ def test_sock_recv_size_beyond_ssize_t(loop, pair, size):
         run(loop, loop.sock_recv(a, size))
 
 
+@pytest.mark.nodebug
 @pytest.mark.parametrize("size", ["x", None, 1.5], ids=repr)
 def test_sock_recv_checks_the_socket_before_the_size(loop, size):
     with pytest.raises(AttributeError, match=r"^'NoneType' object has no attribute 'recv'$"):
@@ -343,6 +344,7 @@ def test_sock_recv_in_debug_mode_checks_blocking_before_the_size(loop, pair, siz
         run(loop, loop.sock_recv(a, size))
 
 
+@pytest.mark.nodebug
 def test_sock_recv_on_a_socket_with_a_timeout_waits_in_the_socket(loop, pair):
     """Outside debug mode a socket with a timeout is not refused: the stock loop's recv waits in
     the socket for that long and fails with the socket's own TimeoutError."""
@@ -372,6 +374,7 @@ def test_sock_sendall_of_no_bytes_to_a_closed_peer(loop, pair):
         run(loop, loop.sock_sendall(a, b""))
 
 
+@pytest.mark.nodebug
 def test_sock_accept_of_an_object_without_fileno(loop):
     """Outside debug mode the stock sock_accept first asks for the fd."""
     with pytest.raises(AttributeError, match=r"^'NoneType' object has no attribute 'fileno'$"):
