@@ -11,7 +11,7 @@ mod transports;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install(m)?;
     transports::install(m)?;

@@ -19,11 +19,13 @@ def expected_tricks():
     on = not OFF
     return {
         "socket_fd": on,
-        "socket_io_refs": on,
+        # Taking a reference to a slot's object needs the GIL.
+        "socket_io_refs": on and not FREE_THREADED,
         "context_sharing": on,
         # The thread state's current Context, found by a probe (not on free-threaded builds).
         "current_context": on and not FREE_THREADED,
-        "uncounted_handles": on,
+        # Allocation outside the collector's count reads the GIL build's GC state.
+        "uncounted_handles": on and not FREE_THREADED,
         # Reads the dict and instance layouts of 3.11 and 3.13+; 3.12 (not testable here) and
         # free-threaded builds look the method up.
         "method_cache": on and sys.version_info[:2] != (3, 12) and not FREE_THREADED,

@@ -46,12 +46,16 @@ const THREAD_STATE_WORDS: usize = 64;
 /// # Safety
 /// The GIL is held and `ctx` is a live, exact `contextvars.Context`.
 unsafe fn vars_at(ctx: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: per the contract, VARS_OFFSET lies inside the Context and holds a pointer.
+    // SAFETY: per the contract, VARS_OFFSET lies inside the Context and holds an aligned
+    // pointer. The load is atomic: on a free-threaded build another thread that has the Context
+    // entered may be setting a variable; the pointer is only compared, never dereferenced.
     unsafe {
-        *(ctx
-            .cast::<u8>()
-            .add(VARS_OFFSET)
-            .cast::<*mut ffi::PyObject>())
+        std::sync::atomic::AtomicPtr::from_ptr(
+            ctx.cast::<u8>()
+                .add(VARS_OFFSET)
+                .cast::<*mut ffi::PyObject>(),
+        )
+        .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -80,7 +80,12 @@ struct DictHead {
     ma_values: *mut std::ffi::c_void,
 }
 
-/// Where an instance keeps its attributes, for a type with managed storage.
+/// Where an instance keeps its attributes, for a type with managed storage. (Only `Empty` is
+/// made where the trick is off: 3.12 and the free-threaded builds.)
+#[cfg_attr(
+    not(any(all(Py_3_11, not(Py_3_12)), all(Py_3_13, not(Py_GIL_DISABLED)))),
+    allow(dead_code)
+)]
 enum Storage {
     /// Inline, in this values array, indexed as the type's shared keys.
     Inline(*mut *mut ffi::PyObject),
@@ -423,7 +428,7 @@ impl Entry {
         let (getattro, flags, version, dictoffset) = unsafe {
             (
                 (*tp).tp_getattro,
-                (*tp).tp_flags,
+                ffi::PyType_GetFlags(tp),
                 (*tp).tp_version_tag,
                 (*tp).tp_dictoffset,
             )

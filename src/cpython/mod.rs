@@ -6,7 +6,8 @@
 //! - `context`: whether two `contextvars.Context`s hold the same variables (their `ctx_vars`).
 //! - `bytes`: a `bytes` object filled in place, resized and reused (`BytesBuf`).
 //! - `gc_alloc`: GC objects allocated without counting towards the next young collection.
-//! - `gil`: `GilCell`, state whose lock is the GIL (every such assumption goes through it).
+//! - `gil`: `GilCell` and `GilSlot`, state whose lock is the GIL (every such assumption goes
+//!   through them); `thread_lock` holds the locks that stand in for it on free-threaded builds.
 //! - `method_cache`: a protocol's `data_received` found without a lookup per read (3.11 only).
 //! - `refcount`: reference counts read as "does anyone else hold this object".
 //! - `trampoline`: raw C entry points, and PyO3's internal trampoline API.
@@ -22,6 +23,8 @@ pub mod method_cache;
 pub mod refcount;
 pub mod socket;
 mod switch;
+#[cfg_attr(not(Py_GIL_DISABLED), allow(dead_code))]
+mod thread_lock;
 pub mod trampoline;
 
 use pyo3::prelude::*;

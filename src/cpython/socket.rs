@@ -21,8 +21,8 @@
 //!
 //! The loads are atomic (relaxed): free-threaded builds write these fields atomically when a
 //! socket is closed from another thread, and on other builds it compiles to the same plain load.
-//! (Taking a reference to what a slot holds is only safe with the GIL; the free-threaded build
-//! will need CPython's own slot read there.)
+//! Taking a reference to what a slot holds is only safe with the GIL, so free-threaded builds
+//! do not read `_io_refs` (their callers use `getattr`).
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
@@ -62,7 +62,10 @@ fn layout(py: Python<'_>) -> Option<&Layout> {
                 .cast_into::<PyType>()?;
             let allowed = super::switch::layout_reads_allowed();
             let trusted = allowed && probe(&socket_type).unwrap_or(false);
-            let io_refs = if allowed {
+            // Not on a free-threaded build: another thread may replace the slot's object and
+            // free it between the load and the incref, which only CPython's own slot read
+            // (a private try-incref loop) guards against.
+            let io_refs = if allowed && !cfg!(Py_GIL_DISABLED) {
                 probe_io_refs(py).ok().flatten()
             } else {
                 None

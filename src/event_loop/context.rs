@@ -231,6 +231,6 @@ impl ContextSlot {
     }
 
     pub fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        self.0.in_gc(|ctx| visit.call(ctx))
+        self.0.in_gc(|ctx| visit.call(ctx)).unwrap_or(Ok(()))
     }
 }

@@ -157,7 +157,15 @@ unsafe extern "C" fn free<const TIMER: bool>(obj: *mut c_void) {
 
 /// Puts the free lists in the allocation slots of `handle` and `timer`, the classes `Handle` and
 /// `TimerHandle`. Called once, when the module is imported, before any handle exists.
+///
+/// Not on a free-threaded build: there one list per process would be a lock every loop thread
+/// takes for every handle, and the collector finds objects by walking each thread's heap, so a
+/// list per thread would have to give its memory back when its thread ends, without a thread
+/// state to do it with. CPython's allocator already keeps freed memory per thread there.
 pub fn install(py: Python<'_>, handle: *mut ffi::PyTypeObject, timer: *mut ffi::PyTypeObject) {
+    if cfg!(Py_GIL_DISABLED) {
+        return;
+    }
     HANDLES.class.store(handle, Ordering::Relaxed);
     TIMERS.class.store(timer, Ordering::Relaxed);
     HANDLES

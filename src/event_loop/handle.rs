@@ -89,13 +89,15 @@ impl CallbackSlot {
     }
 
     fn visit(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.0.in_gc(|slot| {
-            if let Some(cb) = slot {
-                visit.call(&cb.callback)?;
-                visit.call(&cb.args)?;
-            }
-            Ok(())
-        })
+        self.0
+            .in_gc(|slot| {
+                if let Some(cb) = slot {
+                    visit.call(&cb.callback)?;
+                    visit.call(&cb.args)?;
+                }
+                Ok(())
+            })
+            .unwrap_or(Ok(()))
     }
 }
 
