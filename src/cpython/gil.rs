@@ -83,8 +83,8 @@ mod free_threaded {
     use std::mem::ManuallyDrop;
     use std::ops::{Deref, DerefMut};
 
-    use crate::cpython::thread_lock::OwnerLock;
     use super::*;
+    use crate::cpython::thread_lock::OwnerLock;
 
     /// A shared borrow, holding the cell's lock until dropped.
     pub struct CellRef<'a, T> {
