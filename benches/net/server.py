@@ -1,6 +1,6 @@
 """The servers the network benchmarks measure, one process each:
 
-    python benches/net/server.py LOOP MODE
+    python benches/net/server.py LOOP MODE [THREADS]
 
 LOOP is asyncio, uvloop, rloop, zuvloop, ferroloop or ferroloop-other (another build, from
 $FERROLOOP_OTHER_SITE); MODE one of
@@ -10,7 +10,9 @@ $FERROLOOP_OTHER_SITE); MODE one of
   http      a minimal HTTP/1.1 keep-alive server on an asyncio.Protocol
   push      streams: counts the bytes of one upload until EOF, answers the count (8 bytes)
 
-It listens on 127.0.0.1 on a free port, prints `READY <port>` and serves until SIGTERM.
+It listens on 127.0.0.1 on a free port, prints `READY <port>` and serves until SIGTERM. With
+THREADS (benches/threads.py), as many loops serve in as many threads, each with its own listening
+socket on that one port (`SO_REUSEPORT`: the kernel spreads connections among them).
 """
 
 import asyncio
@@ -110,11 +112,17 @@ async def streams_push(reader, writer):
     writer.close()
 
 
-async def main(loop, mode, stop):
+def listening(port=0):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("127.0.0.1", port))
     listener.listen(1024)
+    return listener
+
+
+async def main(loop, mode, stop, listener=None, announce=True):
+    listener = listener or listening()
     port = listener.getsockname()[1]
     if mode == "sock":
         server = loop.create_task(serve_sock(loop, listener))
@@ -124,7 +132,8 @@ async def main(loop, mode, stop):
     else:
         factory = EchoProtocol if mode == "protocol" else HttpProtocol
         server = await loop.create_server(factory, sock=listener)
-    print(f"READY {port}", flush=True)
+    if announce:
+        print(f"READY {port}", flush=True)
     await stop
     if isinstance(server, asyncio.Task):
         server.cancel()
@@ -132,8 +141,44 @@ async def main(loop, mode, stop):
         server.close()
 
 
+def run_threads(loop_name, mode, threads):
+    """`threads` loops, one per thread, each serving its own listener on one shared port."""
+    import threading
+
+    first = listening()
+    listeners = [first] + [listening(first.getsockname()[1]) for _ in range(threads - 1)]
+    stops = []
+    ready = threading.Barrier(threads + 1)
+
+    def serve(listener):
+        loop = make_loop(loop_name)
+        stop = loop.create_future()
+        stops.append((loop, stop))
+        loop.call_soon(ready.wait)
+        loop.run_until_complete(main(loop, mode, stop, listener, announce=False))
+        loop.close()
+
+    pool = [threading.Thread(target=serve, args=(lst,)) for lst in listeners]
+    for t in pool:
+        t.start()
+    ready.wait()
+
+    def stop_all(*_):
+        for loop, stop in stops:
+            loop.call_soon_threadsafe(stop.set_result, None)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    print(f"READY {first.getsockname()[1]}", flush=True)
+    while any(t.is_alive() for t in pool):
+        for t in pool:
+            t.join(0.2)
+
+
 def run():
     loop_name, mode = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3 and int(sys.argv[3]) > 1:
+        run_threads(loop_name, mode, int(sys.argv[3]))
+        return
     loop = make_loop(loop_name)
     asyncio.set_event_loop(loop)
     stop = loop.create_future()
