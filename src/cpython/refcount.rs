@@ -8,9 +8,13 @@
 //! On a free-threaded build it is not: another thread may be about to take a reference through
 //! a borrowed pointer, and the count is split between the owning thread's and everyone else's.
 //! There, "the only reference" is `PyUnstable_Object_IsUniquelyReferenced` (3.14), which also
-//! requires that this thread owns the object and nobody else ever shared it; and "more than the
-//! caller's `ours`" is answered only for `ours == 1` (the same question) and otherwise taken to
-//! be true, the answer that is always safe: the Context is copied, the handle tracked.
+//! requires that this thread owns the object and that no other thread holds a reference. "More
+//! than the caller's `ours`" asks the same of the object header CPython's own inline
+//! `Py_REFCNT` reads: the object is owned by this thread (`ob_tid`, the thread pointer CPython's
+//! `_Py_ThreadId` returns, on x86-64 Linux), no other thread holds a reference (`ob_ref_shared` is 0), and
+//! this thread holds at most `ours` (`ob_ref_local`). Where that cannot be read (another
+//! architecture, `FERROLOOP_LAYOUT_READS=0`) the answer is "held", which is always safe: the
+//! Context is copied, the handle tracked.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -37,6 +41,42 @@ pub fn held_beyond(py: Python<'_>, obj: *mut ffi::PyObject, ours: isize) -> bool
     }
     #[cfg(Py_GIL_DISABLED)]
     {
-        ours != 1 || !is_unique(py, obj)
+        if ours == 1 {
+            return !is_unique(py, obj);
+        }
+        !free_threaded::owned_and_held_at_most(obj, ours)
+    }
+}
+
+#[cfg(Py_GIL_DISABLED)]
+mod free_threaded {
+    use std::sync::atomic::Ordering;
+
+    use pyo3::ffi;
+
+    /// The id CPython stores in `ob_tid` for objects this thread owns (`_Py_ThreadId`), where
+    /// layout reads are allowed and it can be read.
+    #[inline(always)]
+    fn thread_id() -> Option<usize> {
+        if !crate::cpython::switch::layout_reads_allowed() {
+            return None;
+        }
+        crate::cpython::thread_lock::thread_pointer()
+    }
+
+    /// Whether this thread owns `obj`, no other thread holds a reference, and this thread holds
+    /// at most `ours`.
+    #[inline(always)]
+    pub fn owned_and_held_at_most(obj: *mut ffi::PyObject, ours: isize) -> bool {
+        let Some(tid) = thread_id() else {
+            return false;
+        };
+        // SAFETY: the caller holds `obj`, a live object; these are the header fields CPython's
+        // inline `Py_REFCNT` reads, the counts atomically.
+        unsafe {
+            (*obj).ob_tid == tid
+                && (*obj).ob_ref_shared.load(Ordering::Relaxed) == 0
+                && ((*obj).ob_ref_local.load(Ordering::Relaxed) as isize) <= ours
+        }
     }
 }
