@@ -5,10 +5,12 @@ free-threaded Python (3.14t, 3.15t), where loops in different threads run at onc
         [--loops ...] [--http-seconds 3] [--json OUT]
 
 Every sample is a fresh worker process (`threads.py --worker CASE LOOP THREADS`) that starts
-THREADS threads, each of which makes its own loop and, once all are ready (a barrier), runs the
-case of `cases.py` at full size on it. Its throughput is all threads' work over the wall time
-from the barrier to the last thread's end, so a loop that scales perfectly doubles it with two
-threads. The `http` row is `net/server.py LOOP http THREADS`: as many loops in threads, each
+THREADS threads, each of which runs the case of `cases.py` at full size once untimed (its heap
+and the process's pages warmed), makes a fresh loop and, once all are ready (a barrier), runs the
+case again on it. Its throughput is all threads' work over the wall time from the barrier to the
+last thread's end, so a loop that scales perfectly doubles it with two threads. (Without the
+warm-up, two threads faulting in a fresh process's first pages at once wait on the kernel's
+memory-map lock, which measures the kernel.) The `http` row is `net/server.py LOOP http THREADS`: as many loops in threads, each
 with its own listening socket on one `SO_REUSEPORT` port, under `loadgen http` with 64
 connections; its throughput is requests per second.
 
@@ -50,6 +52,11 @@ def worker(case_name, loop_name, threads):
 
     def body():
         try:
+            warm = make_loop(loop_name)
+            try:
+                case.run(warm, n)
+            finally:
+                warm.close()
             loop = make_loop(loop_name)
             barrier.wait()
             try:

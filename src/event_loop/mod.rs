@@ -16,6 +16,22 @@
 //! - `watchdog`: the Python entry points of the stall watchdog (`core::watchdog`);
 //! - `close_watch`: hearing of `socket.close()` before the fd closes (`crate::owner`);
 //! - `fastcall` and `methods`: what Python sees.
+//!
+//! Threads. A loop, its handles, transports and waiters belong to the thread that runs it; with
+//! the GIL that thread is alone whenever it holds a borrow of their state, and on a free-threaded
+//! build each `GilCell` and `GilSlot` takes a lock that stands in for the GIL
+//! (`cpython::gil`, `cpython::thread_lock`), uncontended on the loop's own thread. Other threads
+//! come in only through what asyncio lets them call, each safe without the GIL:
+//! `call_soon_threadsafe` (the ready queue under the state's lock, then the poller's eventfd
+//! waker; one sender's calls stay in its order), a handle's `cancel()` (its flag word is atomic
+//! and its callback slot locked; a `ThreadSafeHandle` also waits for a run under way,
+//! `threadsafe`), `stop()` (a flag under the state's lock), `close()` (refused while running),
+//! and signals (CPython's wake-up fd, read on the loop's thread). Executor results and
+//! `run_coroutine_threadsafe` arrive through `call_soon_threadsafe`. Any other method called from
+//! another thread is refused in debug mode with the stock `RuntimeError` (`check_thread`) and
+//! otherwise takes the same locks, so it can misbehave as the stock loop would but never corrupt
+//! memory. Nothing is shared between loops but immutable tables (`PyOnceLock`s), the stall
+//! watchdog's list (a mutex) and the tracer's on/off switch (an atomic).
 
 pub(crate) mod args;
 pub(crate) mod close_watch;
