@@ -10,9 +10,10 @@ and the process's pages warmed), makes a fresh loop and, once all are ready (a b
 case again on it. Its throughput is all threads' work over the wall time from the barrier to the
 last thread's end, so a loop that scales perfectly doubles it with two threads. (Without the
 warm-up, two threads faulting in a fresh process's first pages at once wait on the kernel's
-memory-map lock, which measures the kernel.) The `http` row is `net/server.py LOOP http THREADS`: as many loops in threads, each
-with its own listening socket on one `SO_REUSEPORT` port, under `loadgen http` with 64
-connections; its throughput is requests per second.
+memory-map lock, which measures the kernel.) The `http` row is `net/run.py`'s `http-c64` sample
+with `net/server.py LOOP http THREADS`: as many loops in threads, each with its own listening
+socket on one `SO_REUSEPORT` port, under `loadgen http` with 64 connections; its throughput is
+requests per second.
 
 Rounds are interleaved (round, case, loop rotated, thread counts), and each figure is a median
 over rounds. Reported per case and loop: the one-thread and THREADS-thread throughput, their
@@ -80,29 +81,13 @@ def worker(case_name, loop_name, threads):
     print(json.dumps({"ops_per_s": threads * n / (max(ends) - start)}))
 
 
-def http_sample(loop, threads, seconds):
-    import run as net  # benches/net/run.py
-
-    server = subprocess.Popen(
-        [sys.executable, str(HERE.parent / "net" / "server.py"), loop, "http", str(threads)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        client = net.start_client(server, loop, "http-c64", seconds)
-        time.sleep(1.0)  # the client's warm-up second
-        out, _ = client.communicate(timeout=600)
-        if client.returncode != 0:
-            raise RuntimeError(f"loadgen failed on {loop}")
-        return {"ops_per_s": json.loads(out)["rps"]}
-    finally:
-        net.stop_server(server)
-
-
 def sample(case, loop, threads, args):
     if case == "http":
         try:
-            return http_sample(loop, threads, args.http_seconds)
+            import run as net  # benches/net/run.py
+
+            result = net.sample(loop, "http-c64", args.http_seconds, threads=threads)
+            return {"ops_per_s": result["rps"]}
         except Exception as e:  # one failed sample is reported, the run goes on
             return {"error": repr(e)}
     done = subprocess.run(

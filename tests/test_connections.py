@@ -15,7 +15,7 @@ import struct
 
 import pytest
 from conftest import requires_ipv6
-from util import TIMEOUT, run
+from util import TIMEOUT, fd_count, run
 
 
 
@@ -93,9 +93,6 @@ def read_to_eof(sock):
         chunks.append(chunk)
     return b"".join(chunks)
 
-
-def fd_count():
-    return len(os.listdir("/proc/self/fd"))
 
 
 class TestCreateConnectionTcp:

@@ -22,7 +22,7 @@ import weakref
 import pytest
 
 import ferroloop
-from util import run
+from util import fd_count, run
 
 # Generous: these bound how long a call that must end promptly may take on a busy machine.
 PROMPT = 5.0
@@ -31,9 +31,6 @@ PROMPT = 5.0
 def is_ferroloop(loop):
     return not isinstance(loop, asyncio.BaseEventLoop)
 
-
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
 
 
 def pair():
@@ -329,7 +326,7 @@ def test_a_pipe_closed_under_its_transport_is_not_read_through_its_number(ferro_
 
 def test_closing_the_loop_with_calls_pending_leaks_nothing():
     gc.collect()
-    before = open_fds()
+    before = fd_count()
     loop = ferroloop.new_event_loop()
     socks = [pair() for _ in range(4)]
 
@@ -350,7 +347,7 @@ def test_closing_the_loop_with_calls_pending_leaks_nothing():
     for a, b in socks:
         a.close()
         b.close()
-    assert open_fds() == before
+    assert fd_count() == before
 
 
 # -- the fallback without layout reads ----------------------------------------------------------

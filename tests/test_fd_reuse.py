@@ -35,6 +35,7 @@ import time
 import traceback
 
 import pytest
+from util import fd_count
 
 ROUNDS = 40
 # ferroloop: how long, from a's close, a stale call and b's own operations may take. Generous:
@@ -74,9 +75,6 @@ def abstract_name():
     """A fresh address in Linux's abstract AF_UNIX namespace (no file to clean up)."""
     return b"\0ferroloop-fd-reuse-%d-%d" % (os.getpid(), next(_names))
 
-
-def fd_count():
-    return len(os.listdir("/proc/self/fd"))
 
 
 class SocketSubclass(socket.socket):

@@ -10,6 +10,7 @@ other, use TLS, timers and subprocesses, and flood each other with `call_soon_th
 import asyncio
 import gc
 import os
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +21,7 @@ import pytest
 
 import ferroloop
 import tls_certs
+from util import fd_count
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 LOOPS = 8
@@ -57,10 +59,6 @@ def test_importing_and_running_leaves_the_gil_off():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     assert proc.stderr == ""
-
-
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
 
 
 def rss_mib():
@@ -205,8 +203,6 @@ class Round:
 
 
 def free_port_pair():
-    import socket
-
     ports = []
     socks = []
     for _ in range(2):
@@ -244,10 +240,10 @@ def test_eight_loops_in_eight_threads_serve_and_flood_each_other():
         gc.collect()
         time.sleep(0.2)  # the executor's and the children's threads wind down
         if round_number == WARM_UP - 1:
-            fds, rss = open_fds(), rss_mib()
+            fds, rss = fd_count(), rss_mib()
     # Three more rounds after the warm-up leave no fd and, within the allocators' noise (which
     # the debug allocator doubles), no memory.
-    assert open_fds() <= fds
+    assert fd_count() <= fds
     assert rss_mib() < rss + max(32, rss / 4)
 
 

@@ -91,10 +91,10 @@ def start_client(server, loop, case, seconds, cpu=None):
     )
 
 
-def start_server(loop, mode, cpu=None):
-    """A fresh `server.py LOOP MODE` process, its READY line still to be read."""
+def start_server(loop, mode, cpu=None, threads=1):
+    """A fresh `server.py LOOP MODE [THREADS]` process, its READY line still to be read."""
     return subprocess.Popen(
-        [sys.executable, str(HERE / "server.py"), loop, mode],
+        [sys.executable, str(HERE / "server.py"), loop, mode, str(threads)],
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=pinned(cpu),
@@ -111,9 +111,9 @@ def stop_server(server, timeout=10):
         server.wait()
 
 
-def sample(loop, case, seconds, cpu=None):
+def sample(loop, case, seconds, cpu=None, threads=1):
     mode, template = cases()[case]
-    server = start_server(loop, mode, cpu)
+    server = start_server(loop, mode, cpu, threads)
     try:
         client = start_client(server, loop, case, seconds, cpu)
         if template[0] != "push":

@@ -10,11 +10,11 @@
 //! There, "the only reference" is `PyUnstable_Object_IsUniquelyReferenced` (3.14), which also
 //! requires that this thread owns the object and that no other thread holds a reference. "More
 //! than the caller's `ours`" asks the same of the object header CPython's own inline
-//! `Py_REFCNT` reads: the object is owned by this thread (`ob_tid`, the thread pointer CPython's
-//! `_Py_ThreadId` returns, on x86-64 Linux), no other thread holds a reference (`ob_ref_shared` is 0), and
-//! this thread holds at most `ours` (`ob_ref_local`). Where that cannot be read (another
-//! architecture, `FERROLOOP_LAYOUT_READS=0`) the answer is "held", which is always safe: the
-//! Context is copied, the handle tracked.
+//! `Py_REFCNT` reads: the object is owned by this thread (`ob_tid`, the thread pointer
+//! CPython's `_Py_ThreadId` returns on x86-64 Linux), no other thread holds a reference
+//! (`ob_ref_shared` is 0), and this thread holds at most `ours` (`ob_ref_local`). Where that
+//! cannot be read (another architecture, `FERROLOOP_LAYOUT_READS=0`) the answer is "held",
+//! which is always safe: the Context is copied, the handle tracked.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
